@@ -1,0 +1,360 @@
+//! Decoding of input records, exactly as the spec's tables say, with a typed error for every
+//! way a record can be wrong. No input makes the decoder panic.
+//!
+//! Room topics carry `{"type": "message"|"join"|"leave", ...}`; `room_id` may be omitted
+//! there and is then the room of the topic. `read_events` carries
+//! `{room_id, user_id, message_id, read_at, scope?}`. Ids are strings (integers are
+//! accepted and read as their decimal form, so `12345` and `"12345"` are one room). Times
+//! are RFC 3339 strings or integer epoch milliseconds. Unknown fields, `body` included, are
+//! skipped without being looked at.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::time::parse_time_str;
+use crate::receipts::{Event, Id, Millis, ReadScope};
+
+/// Bounds on what a record may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest record value accepted, in bytes.
+    pub max_record_bytes: usize,
+    /// Longest id (room, user, message), in bytes.
+    pub max_id_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { max_record_bytes: 1 << 20, max_id_bytes: 256 }
+    }
+}
+
+/// Why a record could not be decoded. Never retriable: the same bytes fail the same way.
+/// Messages name fields and limits, never the record's content beyond short ids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {size} bytes is over the limit of {limit} bytes")]
+    Oversized { size: usize, limit: usize },
+    #[error("record is not UTF-8 (first bad byte at offset {valid_up_to})")]
+    NotUtf8 { valid_up_to: usize },
+    #[error("record is not JSON: {detail}")]
+    NotJson { detail: String },
+    #[error("record is JSON but not an object")]
+    NotObject,
+    #[error("field `{field}` is missing")]
+    MissingField { field: &'static str },
+    #[error("field `{field}` should be {expected}, found {found}")]
+    WrongType { field: &'static str, expected: &'static str, found: &'static str },
+    #[error("field `{field}` is empty or longer than {limit} bytes")]
+    BadId { field: &'static str, limit: usize },
+    #[error("field `{field}` is not an RFC 3339 time")]
+    BadTime { field: &'static str },
+    #[error("unknown event type {value:?} (expected message, join or leave)")]
+    UnknownType { value: String },
+    #[error("unknown read scope {value:?} (expected up_to or message)")]
+    UnknownScope { value: String },
+    #[error("room_id {record:?} contradicts the topic's room {topic:?}")]
+    RoomMismatch { topic: String, record: String },
+    #[error("record has no room_id and its topic names no room")]
+    NoRoom,
+}
+
+impl DecodeError {
+    /// A short, fixed name of the error's kind: a metric label value and a dead-letter header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Oversized { .. } => "oversized",
+            DecodeError::NotUtf8 { .. } => "not_utf8",
+            DecodeError::NotJson { .. } => "not_json",
+            DecodeError::NotObject => "not_object",
+            DecodeError::MissingField { .. } => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::BadId { .. } => "bad_id",
+            DecodeError::BadTime { .. } => "bad_time",
+            DecodeError::UnknownType { .. } => "unknown_type",
+            DecodeError::UnknownScope { .. } => "unknown_scope",
+            DecodeError::RoomMismatch { .. } => "room_mismatch",
+            DecodeError::NoRoom => "no_room",
+        }
+    }
+
+    pub const KINDS: &'static [&'static str] = &[
+        "oversized",
+        "not_utf8",
+        "not_json",
+        "not_object",
+        "missing_field",
+        "wrong_type",
+        "bad_id",
+        "bad_time",
+        "unknown_type",
+        "unknown_scope",
+        "room_mismatch",
+        "no_room",
+    ];
+}
+
+/// A JSON value, kept only as far as the decoder needs it. `Absent` (the field is not
+/// there) differs from `null`, which is a value of the wrong type.
+#[derive(Debug, Default)]
+enum Field<'a> {
+    #[default]
+    Absent,
+    Str(Cow<'a, str>),
+    Int(i64),
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Field::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Field::Other("a number out of range"), Field::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                // JSON Schema counts 5.0 as an integer; so do we.
+                if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    Ok(Field::Int(v as i64))
+                } else {
+                    Ok(Field::Other("a fractional number"))
+                }
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other("a boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other("null"))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other("null"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("an object"))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Every field any input shape has; unknown fields are skipped.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Field<'a>,
+    #[serde(default, borrow)]
+    room_id: Field<'a>,
+    #[serde(default, borrow)]
+    message_id: Field<'a>,
+    #[serde(default, borrow)]
+    sender_id: Field<'a>,
+    #[serde(default, borrow)]
+    user_id: Field<'a>,
+    #[serde(default, borrow)]
+    sent_at: Field<'a>,
+    #[serde(default, borrow)]
+    at: Field<'a>,
+    #[serde(default, borrow)]
+    read_at: Field<'a>,
+    #[serde(default, borrow)]
+    scope: Field<'a>,
+}
+
+fn parse<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Raw<'a>, DecodeError> {
+    if bytes.len() > limits.max_record_bytes {
+        return Err(DecodeError::Oversized { size: bytes.len(), limit: limits.max_record_bytes });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8 { valid_up_to: e.valid_up_to() })?;
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => {}
+        Some(_) if serde_json::from_str::<IgnoredAny>(text).is_ok() => return Err(DecodeError::NotObject),
+        _ => {
+            let detail = serde_json::from_str::<IgnoredAny>(text)
+                .err()
+                .map_or_else(|| "empty record".to_string(), |e| e.to_string());
+            return Err(DecodeError::NotJson { detail });
+        }
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::NotJson { detail: e.to_string() })
+}
+
+fn text<'a>(field: &'static str, v: &'a Field<'a>) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    match v {
+        Field::Absent => Ok(None),
+        Field::Str(s) => Ok(Some(Cow::Borrowed(s.as_ref()))),
+        Field::Int(i) => Ok(Some(Cow::Owned(i.to_string()))),
+        Field::Other(found) => Err(DecodeError::WrongType { field, expected: "a string", found }),
+    }
+}
+
+fn id(field: &'static str, v: &Field<'_>, limits: &DecodeLimits) -> Result<Option<Id>, DecodeError> {
+    match text(field, v)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() || s.len() > limits.max_id_bytes => {
+            Err(DecodeError::BadId { field, limit: limits.max_id_bytes })
+        }
+        Some(s) => Ok(Some(Id::from(s.as_ref()))),
+    }
+}
+
+fn required_id(field: &'static str, v: &Field<'_>, limits: &DecodeLimits) -> Result<Id, DecodeError> {
+    id(field, v, limits)?.ok_or(DecodeError::MissingField { field })
+}
+
+fn time(field: &'static str, v: &Field<'_>) -> Result<Millis, DecodeError> {
+    match v {
+        Field::Absent => Err(DecodeError::MissingField { field }),
+        Field::Int(ms) => Ok(*ms),
+        Field::Str(s) => parse_time_str(s).ok_or(DecodeError::BadTime { field }),
+        Field::Other(found) => {
+            Err(DecodeError::WrongType { field, expected: "an RFC 3339 string or epoch milliseconds", found })
+        }
+    }
+}
+
+/// Decodes a record of a room topic. `topic_room` is the room named by the topic (the part
+/// after the pattern's prefix), if any.
+pub fn decode_room_event(bytes: &[u8], topic_room: Option<&str>, limits: &DecodeLimits) -> Result<Event, DecodeError> {
+    let raw = parse(bytes, limits)?;
+    let kind = text("type", &raw.kind)?.ok_or(DecodeError::MissingField { field: "type" })?;
+    let room_id = match (id("room_id", &raw.room_id, limits)?, topic_room) {
+        (Some(record), Some(topic)) if &*record != topic => {
+            return Err(DecodeError::RoomMismatch { topic: topic.to_string(), record: record.to_string() })
+        }
+        (Some(record), _) => record,
+        (None, Some(topic)) if !topic.is_empty() && topic.len() <= limits.max_id_bytes => Id::from(topic),
+        (None, _) => return Err(DecodeError::NoRoom),
+    };
+    match kind.as_ref() {
+        "message" => Ok(Event::Message {
+            room_id,
+            message_id: required_id("message_id", &raw.message_id, limits)?,
+            sender_id: required_id("sender_id", &raw.sender_id, limits)?,
+            sent_at: time("sent_at", &raw.sent_at)?,
+        }),
+        "join" => Ok(Event::Join {
+            room_id,
+            user_id: required_id("user_id", &raw.user_id, limits)?,
+            at: time("at", &raw.at)?,
+        }),
+        "leave" => Ok(Event::Leave {
+            room_id,
+            user_id: required_id("user_id", &raw.user_id, limits)?,
+            at: time("at", &raw.at)?,
+        }),
+        other => Err(DecodeError::UnknownType { value: other.chars().take(64).collect() }),
+    }
+}
+
+/// Decodes a record of the read topic.
+pub fn decode_read_event(bytes: &[u8], limits: &DecodeLimits) -> Result<Event, DecodeError> {
+    let raw = parse(bytes, limits)?;
+    let scope = match text("scope", &raw.scope)?.as_deref() {
+        None | Some("up_to") => ReadScope::UpTo,
+        Some("message") => ReadScope::Message,
+        Some(other) => return Err(DecodeError::UnknownScope { value: other.chars().take(64).collect() }),
+    };
+    Ok(Event::Read {
+        room_id: required_id("room_id", &raw.room_id, limits)?,
+        user_id: required_id("user_id", &raw.user_id, limits)?,
+        message_id: required_id("message_id", &raw.message_id, limits)?,
+        read_at: time("read_at", &raw.read_at)?,
+        scope,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: DecodeLimits = DecodeLimits { max_record_bytes: 1024, max_id_bytes: 16 };
+
+    fn room(json: &str, topic: Option<&str>) -> Result<Event, DecodeError> {
+        decode_room_event(json.as_bytes(), topic, &L)
+    }
+
+    #[test]
+    fn message_with_body_and_room_from_topic() {
+        let e = room(
+            r#"{"type":"message","message_id":"m1","sender_id":"alice","sent_at":"2026-11-28T10:00:00Z","body":{"text":"hi"}}"#,
+            Some("12345"),
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            Event::Message {
+                room_id: "12345".into(),
+                message_id: "m1".into(),
+                sender_id: "alice".into(),
+                sent_at: 1_795_860_000_000,
+            }
+        );
+    }
+
+    #[test]
+    fn join_and_leave_with_epoch_millis_and_numeric_room() {
+        let e = room(r#"{"type":"join","room_id":12345,"user_id":"bob","at":17}"#, Some("12345")).unwrap();
+        assert_eq!(e, Event::Join { room_id: "12345".into(), user_id: "bob".into(), at: 17 });
+        assert!(matches!(room(r#"{"type":"leave","user_id":"bob","at":1}"#, Some("r")), Ok(Event::Leave { .. })));
+    }
+
+    #[test]
+    fn read_scopes() {
+        let r = |j: &str| decode_read_event(j.as_bytes(), &L);
+        let up_to = r(r#"{"room_id":"r","user_id":"u","message_id":"m","read_at":5}"#).unwrap();
+        assert!(matches!(up_to, Event::Read { scope: ReadScope::UpTo, .. }));
+        let one = r(r#"{"room_id":"r","user_id":"u","message_id":"m","read_at":5,"scope":"message"}"#).unwrap();
+        assert!(matches!(one, Event::Read { scope: ReadScope::Message, .. }));
+        assert_eq!(
+            r(r#"{"room_id":"r","user_id":"u","message_id":"m","read_at":5,"scope":"all"}"#).unwrap_err().kind(),
+            "unknown_scope"
+        );
+        assert_eq!(
+            r(r#"{"user_id":"u","message_id":"m","read_at":5}"#).unwrap_err(),
+            DecodeError::MissingField { field: "room_id" }
+        );
+    }
+
+    #[test]
+    fn every_error_kind() {
+        let kind = |bytes: &[u8], topic: Option<&str>| decode_room_event(bytes, topic, &L).unwrap_err().kind();
+        assert_eq!(kind(&[b'{'; 2000], None), "oversized");
+        assert_eq!(kind(b"{\"type\":\"\xff\"}", None), "not_utf8");
+        assert_eq!(kind(b"{\"type\":", None), "not_json");
+        assert_eq!(kind(b"", None), "not_json");
+        assert_eq!(kind(b"[1,2]", None), "not_object");
+        assert_eq!(kind(br#"{"room_id":"r"}"#, None), "missing_field");
+        assert_eq!(kind(br#"{"type":"join","room_id":"r","user_id":true,"at":1}"#, None), "wrong_type");
+        assert_eq!(kind(br#"{"type":"join","room_id":"r","user_id":"","at":1}"#, None), "bad_id");
+        assert_eq!(kind(br#"{"type":"join","room_id":"r","user_id":"u","at":"noon"}"#, None), "bad_time");
+        assert_eq!(kind(br#"{"type":"join","room_id":"r","user_id":"u","at":1.5}"#, None), "wrong_type");
+        assert_eq!(kind(br#"{"type":"typing","room_id":"r"}"#, None), "unknown_type");
+        assert_eq!(kind(br#"{"type":"join","room_id":"a","user_id":"u","at":1}"#, Some("b")), "room_mismatch");
+        assert_eq!(kind(br#"{"type":"join","user_id":"u","at":1}"#, None), "no_room");
+        assert_eq!(kind(br#"{"type":"join","type":"leave"}"#, None), "not_json");
+    }
+}

@@ -1,0 +1,10 @@
+//! JSON codecs: input records to [`Event`](crate::receipts::Event)s, and `receipt_complete`
+//! records to JSON. The JSON Schemas in `topology/schemas/` describe the same shapes.
+
+pub mod input;
+pub mod output;
+mod time;
+
+pub use input::{decode_read_event, decode_room_event, DecodeError, DecodeLimits};
+pub use output::encode_receipt;
+pub use time::{format_millis, parse_time_str};

@@ -1,0 +1,582 @@
+//! The receipt engine: spec rules 1-11 applied to one task's rooms.
+//!
+//! Pure: events and "now" come in, `receipt_complete` records and outcome counts come out, and
+//! state is read and written only through a [`KvStore`]. Hot rooms stay in memory (an LRU
+//! bounded by [`EngineConfig::cache_entries`]) and are written back key by key when the
+//! caller commits, so an event costs a few in-memory map operations and, on average, well
+//! under one storage access.
+//!
+//! Markers of finished messages and the expiry index are not per-room in-memory state: they
+//! are read from the store on demand, through `side` (writes not yet committed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
+
+use super::config::EngineConfig;
+use super::event::{Event, Id, Millis, ReadScope, ReceiptComplete};
+use super::outcome::Outcomes;
+use super::persist::{self, MarkerState, MarkerV1};
+use super::room::{Parked, Pending, Room};
+use crate::store::{KvStore, StoreError, Write, WriteBatch};
+
+/// Errors of the engine: always the store's (bad input never reaches the engine, and
+/// the engine does not fail on any sequence of well-formed events).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a commit failed earlier; this engine must be rebuilt from its store")]
+    Poisoned,
+}
+
+impl EngineError {
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.is_retriable(),
+            EngineError::Poisoned => true,
+        }
+    }
+}
+
+/// Key-level writes to markers and the expiry index that are not committed yet. A `None`
+/// value deletes; a key missing here is whatever the store says.
+#[derive(Default)]
+pub(super) struct SideWrites {
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl SideWrites {
+    pub(super) fn get(&self, store: &dyn KvStore, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => store.get(key),
+        }
+    }
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+    /// Deletes a key; `on_disk = false` means it was never committed, so no tombstone is needed.
+    fn delete(&mut self, key: Vec<u8>, on_disk: bool) {
+        if on_disk {
+            self.writes.insert(key, None);
+        } else {
+            self.writes.remove(&key);
+        }
+    }
+}
+
+/// Everything the rules touch besides the room itself.
+struct Ctx<'a> {
+    store: &'a dyn KvStore,
+    side: &'a mut SideWrites,
+    config: &'a EngineConfig,
+    outcomes: &'a mut Outcomes,
+    emitted: &'a mut Vec<ReceiptComplete>,
+    now: Millis,
+}
+
+pub struct Engine<S> {
+    pub(super) store: S,
+    config: EngineConfig,
+    pub(super) rooms: HashMap<Id, Room>,
+    lru: BTreeMap<u64, Id>,
+    clock: u64,
+    cached_entries: usize,
+    dirty_rooms: Vec<Id>,
+    pub(super) side: SideWrites,
+    emitted: Vec<ReceiptComplete>,
+    outcomes: Outcomes,
+    poisoned: bool,
+}
+
+/// How many expiry index entries one tick handles at most; the rest wait for the next tick,
+/// so that a long outage does not turn the first tick into a long stall.
+pub const EXPIRY_BATCH: usize = 10_000;
+
+impl<S: KvStore> Engine<S> {
+    pub fn new(store: S, config: EngineConfig) -> Self {
+        Engine {
+            store,
+            config,
+            rooms: HashMap::new(),
+            lru: BTreeMap::new(),
+            clock: 0,
+            cached_entries: 0,
+            dirty_rooms: Vec::new(),
+            side: SideWrites::default(),
+            emitted: Vec::new(),
+            outcomes: Outcomes::default(),
+            poisoned: false,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    /// Gives the store back, dropping uncommitted changes.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+    /// Counts since the engine was created.
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
+    }
+    /// The `receipt_complete` records produced since the last call, in emission order.
+    pub fn take_emitted(&mut self) -> Vec<ReceiptComplete> {
+        std::mem::take(&mut self.emitted)
+    }
+    pub fn has_uncommitted(&self) -> bool {
+        !self.dirty_rooms.is_empty() || !self.side.writes.is_empty()
+    }
+    /// Rooms and state entries held in memory.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        (self.rooms.len(), self.cached_entries)
+    }
+
+    /// Applies one event at processing time `now`.
+    pub fn apply(&mut self, event: &Event, now: Millis) -> Result<(), EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        let room_id = event.room_id().clone();
+        self.load(&room_id)?;
+        let room = self.rooms.get_mut(&room_id).expect("loaded above");
+        let mut ctx = Ctx {
+            store: &self.store,
+            side: &mut self.side,
+            config: &self.config,
+            outcomes: &mut self.outcomes,
+            emitted: &mut self.emitted,
+            now,
+        };
+        if !room.listed_dirty {
+            room.listed_dirty = true;
+            self.dirty_rooms.push(room_id.clone());
+        }
+        match event {
+            Event::Message { message_id, sender_id, sent_at, .. } => {
+                on_message(room, &mut ctx, message_id, sender_id, *sent_at)?
+            }
+            Event::Join { user_id, .. } => on_join(room, &mut ctx, user_id),
+            Event::Leave { user_id, .. } => on_leave(room, &mut ctx, user_id)?,
+            Event::Read { user_id, message_id, scope, .. } => on_read(room, &mut ctx, user_id, message_id, *scope)?,
+        }
+        Ok(())
+    }
+
+    /// Expires what is due at `now`: parked reads, pending messages, markers (rules 8, 10).
+    /// Returns how many index entries it handled; at most [`EXPIRY_BATCH`].
+    pub fn tick(&mut self, now: Millis) -> Result<usize, EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        let due = self.due_expiries(now)?;
+        for key in &due {
+            let entry = persist::parse_expiry_key(key)?;
+            let (at, kind, room_id, id) = (entry.at, entry.kind, Id::from(entry.room), entry.id.to_vec());
+            match kind {
+                persist::EXPIRE_MARKER => {
+                    let message_id = String::from_utf8_lossy(&id);
+                    let mkey = persist::marker_key(&room_id, &message_id);
+                    if let Some(bytes) = self.side.get(&self.store, &mkey)? {
+                        let marker: MarkerV1 = persist::decode(&mkey, &bytes)?;
+                        if marker.expire_at == at {
+                            self.side.delete(mkey, true);
+                            self.outcomes.marker_expired += 1;
+                        }
+                    }
+                }
+                persist::EXPIRE_PENDING | persist::EXPIRE_PARKED => {
+                    self.load(&room_id)?;
+                    let room = self.rooms.get_mut(&room_id).expect("loaded above");
+                    if !room.listed_dirty {
+                        room.listed_dirty = true;
+                        self.dirty_rooms.push(room_id.clone());
+                    }
+                    let mut ctx = Ctx {
+                        store: &self.store,
+                        side: &mut self.side,
+                        config: &self.config,
+                        outcomes: &mut self.outcomes,
+                        emitted: &mut self.emitted,
+                        now,
+                    };
+                    if kind == persist::EXPIRE_PENDING {
+                        expire_pending(room, &mut ctx, &id, at)?;
+                    } else {
+                        expire_parked(room, &mut ctx, &id, at)?;
+                    }
+                }
+                _ => return Err(StoreError::corrupt(key, "unknown expiry kind").into()),
+            }
+            // The entry is handled whether or not it was stale.
+            self.side.delete(key.clone(), true);
+        }
+        Ok(due.len())
+    }
+
+    /// Expiry index keys due at `now`, committed and uncommitted, in key order.
+    fn due_expiries(&self, now: Millis) -> Result<Vec<Vec<u8>>, StoreError> {
+        let upper = persist::expiry_upper_bound(now);
+        let mut keys = Vec::new();
+        self.store.scan(&[persist::TAG_EXPIRY], Some(&upper), &mut |k, _| {
+            keys.push(k.to_vec());
+            keys.len() < EXPIRY_BATCH
+        })?;
+        keys.retain(|k| !matches!(self.side.writes.get(k), Some(None)));
+        for (k, v) in self.side.writes.range::<[u8], _>((
+            std::ops::Bound::Included(&[persist::TAG_EXPIRY][..]),
+            std::ops::Bound::Excluded(&upper[..]),
+        )) {
+            if v.is_some() {
+                keys.push(k.clone());
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(EXPIRY_BATCH);
+        Ok(keys)
+    }
+
+    /// Collects every uncommitted change as one batch (plus `extra`, e.g. the input offsets
+    /// these changes consumed), writes it atomically, and returns it (e.g. for a changelog).
+    /// If the write fails the engine is poisoned: drop it and build a new one on the store.
+    pub fn commit(&mut self, extra: Vec<Write>) -> Result<WriteBatch, EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        let mut batch = WriteBatch::new();
+        for room_id in std::mem::take(&mut self.dirty_rooms) {
+            if let Some(room) = self.rooms.get_mut(&room_id) {
+                room.listed_dirty = false;
+                room.flush_into(&mut batch);
+                let weight = room.entries();
+                self.cached_entries = self.cached_entries + weight - room.weight;
+                room.weight = weight;
+            }
+        }
+        for (key, value) in std::mem::take(&mut self.side.writes) {
+            batch.writes.push((key, value));
+        }
+        batch.writes.extend(extra);
+        if let Err(e) = self.store.write(&batch) {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.evict();
+        Ok(batch)
+    }
+
+    /// Evicts least recently used rooms past the cache budget. Only called right after a
+    /// commit, when every room is clean.
+    fn evict(&mut self) {
+        while self.cached_entries > self.config.cache_entries {
+            let Some((_, room_id)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(room) = self.rooms.remove(&room_id) {
+                self.cached_entries -= room.weight;
+            }
+        }
+    }
+
+    /// Makes `room_id` resident and most recently used.
+    pub(super) fn load(&mut self, room_id: &Id) -> Result<(), StoreError> {
+        self.clock += 1;
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            self.lru.remove(&room.last_used);
+            room.last_used = self.clock;
+        } else {
+            let mut room = Room::load(&self.store, room_id.clone())?;
+            room.last_used = self.clock;
+            self.cached_entries += room.weight;
+            self.rooms.insert(room_id.clone(), room);
+        }
+        self.lru.insert(self.clock, room_id.clone());
+        Ok(())
+    }
+}
+
+fn marker(ctx: &Ctx, room: &str, message_id: &str) -> Result<Option<MarkerV1>, StoreError> {
+    let key = persist::marker_key(room, message_id);
+    match ctx.side.get(ctx.store, &key)? {
+        Some(bytes) => Ok(Some(persist::decode(&key, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_marker(ctx: &mut Ctx, room: &str, message_id: &str, marker: MarkerV1) {
+    let index = persist::expiry_key(marker.expire_at, persist::EXPIRE_MARKER, room, message_id.as_bytes());
+    ctx.side.put(index, Vec::new());
+    ctx.side.put(persist::marker_key(room, message_id), persist::encode(&marker));
+}
+
+/// Rule 1.
+fn on_join(room: &mut Room, ctx: &mut Ctx, user: &Id) {
+    if room.members.contains_key(user) {
+        ctx.outcomes.join_of_member += 1;
+        return;
+    }
+    ctx.outcomes.join_applied += 1;
+    // H[u] = max(H[u], last_seq); a former member's position is at most last_seq, so this
+    // is last_seq. Joins never complete anything: the new member holds nothing back.
+    room.add_member(user.clone(), room.last_seq);
+}
+
+/// Rule 2.
+fn on_leave(room: &mut Room, ctx: &mut Ctx, user: &Id) -> Result<(), StoreError> {
+    match room.remove_member(user) {
+        None => ctx.outcomes.leave_of_non_member += 1,
+        Some(pos) => {
+            ctx.outcomes.leave_applied += 1;
+            settle(room, ctx, pos.saturating_add(1)..=u64::MAX);
+        }
+    }
+    Ok(())
+}
+
+/// Rules 3, 7, 9, 11, and the parked reads of rule 8.
+fn on_message(room: &mut Room, ctx: &mut Ctx, message_id: &Id, sender: &Id, sent_at: Millis) -> Result<(), StoreError> {
+    if room.pending_ids.contains_key(message_id) || marker(ctx, &room.id, message_id)?.is_some() {
+        ctx.outcomes.duplicate_message += 1;
+        return Ok(());
+    }
+    ctx.outcomes.message_applied += 1;
+    let seq = room.last_seq + 1;
+    room.last_seq = seq;
+    room.dirty.meta = true;
+    let sender_is_member = room.members.contains_key(sender);
+    let required = (room.members.len() - usize::from(sender_is_member)) as u32;
+    if room.members.len() > ctx.config.large_room_member_limit as usize {
+        ctx.outcomes.large_room_message += 1;
+        let expire_at = ctx.now.saturating_add(ctx.config.completed_marker_ttl_ms);
+        let m = MarkerV1 {
+            seq,
+            state: MarkerState::Untracked,
+            at: ctx.now,
+            expire_at,
+            sender_id: sender.to_string(),
+            sent_at,
+            required,
+        };
+        put_marker(ctx, &room.id, message_id, m);
+    } else {
+        let expire_at = ctx.now.saturating_add(ctx.config.pending_message_ttl_ms);
+        let index = persist::expiry_key(expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes());
+        ctx.side.put(index, Vec::new());
+        room.insert_pending(
+            seq,
+            Pending {
+                message_id: message_id.clone(),
+                sender_id: sender.clone(),
+                sent_at,
+                required,
+                expire_at,
+                readers: Vec::new(),
+                persisted: false,
+            },
+        );
+    }
+    // Sending implies having read the room up to here.
+    let from = if sender_is_member { room.set_pos(sender, seq) + 1 } else { seq };
+    settle(room, ctx, from..=seq);
+
+    if let Some(reads) = room.parked.remove(message_id) {
+        room.mark_parked_dirty(message_id);
+        for read in reads {
+            forget_parked_index(room, ctx, message_id, &read);
+            ctx.outcomes.parked_read_applied += 1;
+            let pending = room.pending.contains_key(&seq);
+            read_known(room, ctx, &read.user_id, seq, read.scope, pending);
+        }
+    }
+    Ok(())
+}
+
+/// Removes a parked read's per-user entry and its expiry index entry.
+fn forget_parked_index(room: &mut Room, ctx: &mut Ctx, message_id: &Id, read: &Parked) {
+    if let Some(set) = room.parked_by_user.get_mut(&read.user_id) {
+        set.remove(&(read.park_seq, message_id.clone()));
+        if set.is_empty() {
+            room.parked_by_user.remove(&read.user_id);
+        }
+    }
+    ctx.side.delete(parked_index_key(&room.id, read.expire_at, read.park_seq, message_id), read.persisted);
+}
+
+fn parked_index_key(room: &str, expire_at: Millis, park_seq: u64, message_id: &str) -> Vec<u8> {
+    let mut id = park_seq.to_be_bytes().to_vec();
+    id.extend_from_slice(message_id.as_bytes());
+    persist::expiry_key(expire_at, persist::EXPIRE_PARKED, room, &id)
+}
+
+/// Rules 4, 5 and 8.
+fn on_read(room: &mut Room, ctx: &mut Ctx, user: &Id, message_id: &Id, scope: ReadScope) -> Result<(), StoreError> {
+    if let Some(&seq) = room.pending_ids.get(message_id) {
+        read_known(room, ctx, user, seq, scope, true);
+    } else if let Some(m) = marker(ctx, &room.id, message_id)? {
+        read_known(room, ctx, user, m.seq, scope, false);
+    } else {
+        park(room, ctx, user, message_id, scope);
+    }
+    Ok(())
+}
+
+/// A read of a message whose seq is known; `pending`: it still waits for readers.
+fn read_known(room: &mut Room, ctx: &mut Ctx, user: &Id, seq: u64, scope: ReadScope, pending: bool) {
+    let Some(&pos) = room.members.get(user) else {
+        ctx.outcomes.read_by_non_member += 1;
+        return;
+    };
+    ctx.outcomes.read_applied += 1;
+    match scope {
+        ReadScope::UpTo => {
+            if seq > pos {
+                room.set_pos(user, seq);
+                settle(room, ctx, pos + 1..=seq);
+            }
+        }
+        ReadScope::Message if !pending => ctx.outcomes.message_read_of_finished += 1,
+        ReadScope::Message => {
+            if pos >= seq {
+                return; // already covered by the user's position
+            }
+            let p = room.pending.get_mut(&seq).expect("pending");
+            if let Err(at) = p.readers.binary_search(user) {
+                p.readers.insert(at, user.clone());
+                room.with_readers.insert(seq);
+                room.mark_pending_dirty(seq);
+                settle(room, ctx, seq..=seq);
+            }
+        }
+    }
+}
+
+/// Rule 8: keep a read of a message not applied yet, within the per-user bound.
+fn park(room: &mut Room, ctx: &mut Ctx, user: &Id, message_id: &Id, scope: ReadScope) {
+    ctx.outcomes.read_parked += 1;
+    let park_seq = room.next_park_seq;
+    room.next_park_seq += 1;
+    room.dirty.meta = true;
+    let expire_at = ctx.now.saturating_add(ctx.config.parked_read_ttl_ms);
+    ctx.side.put(parked_index_key(&room.id, expire_at, park_seq, message_id), Vec::new());
+    room.parked.entry(message_id.clone()).or_default().push(Parked {
+        user_id: user.clone(),
+        scope,
+        park_seq,
+        expire_at,
+        persisted: false,
+    });
+    room.mark_parked_dirty(message_id);
+    let mine = room.parked_by_user.entry(user.clone()).or_default();
+    mine.insert((park_seq, message_id.clone()));
+    if mine.len() > ctx.config.max_parked_reads_per_user as usize {
+        let (old_seq, old_message) = mine.pop_first().expect("non-empty");
+        ctx.outcomes.parked_read_dropped += 1;
+        remove_parked(room, ctx, &old_message, old_seq);
+    }
+}
+
+/// Removes one parked read (dropped or expired) by its number.
+fn remove_parked(room: &mut Room, ctx: &mut Ctx, message_id: &Id, park_seq: u64) -> Option<Parked> {
+    let reads = room.parked.get_mut(message_id)?;
+    let at = reads.iter().position(|r| r.park_seq == park_seq)?;
+    let read = reads.remove(at);
+    if reads.is_empty() {
+        room.parked.remove(message_id);
+    }
+    room.mark_parked_dirty(message_id);
+    forget_parked_index(room, ctx, message_id, &read);
+    Some(read)
+}
+
+fn expire_parked(room: &mut Room, ctx: &mut Ctx, id: &[u8], at: Millis) -> Result<(), StoreError> {
+    if id.len() < 8 {
+        return Err(StoreError::corrupt(id, "parked expiry id too short"));
+    }
+    let park_seq = u64::from_be_bytes(id[..8].try_into().unwrap());
+    let message_id: Id = String::from_utf8_lossy(&id[8..]).into();
+    let due = room
+        .parked
+        .get(&message_id)
+        .and_then(|reads| reads.iter().find(|r| r.park_seq == park_seq))
+        .is_some_and(|r| r.expire_at == at);
+    if due {
+        remove_parked(room, ctx, &message_id, park_seq);
+        ctx.outcomes.parked_read_expired += 1;
+    }
+    Ok(())
+}
+
+fn expire_pending(room: &mut Room, ctx: &mut Ctx, id: &[u8], at: Millis) -> Result<(), StoreError> {
+    let seq = u64::from_be_bytes(id.try_into().map_err(|_| StoreError::corrupt(id, "pending expiry id is not a seq"))?);
+    if room.pending.get(&seq).is_none_or(|p| p.expire_at != at) {
+        return Ok(());
+    }
+    let p = room.remove_pending(seq).expect("checked above");
+    ctx.outcomes.pending_expired += 1;
+    let m = MarkerV1 {
+        seq,
+        state: MarkerState::Expired,
+        at: ctx.now,
+        expire_at: ctx.now.saturating_add(ctx.config.completed_marker_ttl_ms),
+        sender_id: p.sender_id.to_string(),
+        sent_at: p.sent_at,
+        required: p.required,
+    };
+    put_marker(ctx, &room.id, &p.message_id, m);
+    Ok(())
+}
+
+/// Rule 6: completes, in seq order, every pending message that the last change finished:
+/// those at or below the frontier, and those in `touched` whose reader set now covers every
+/// member still below them. Only messages in `touched` can have been finished by a reader
+/// set, because only their condition changed.
+fn settle(room: &mut Room, ctx: &mut Ctx, touched: RangeInclusive<u64>) {
+    let w = room.frontier();
+    let mut done: Vec<u64> = room.pending.range(..=w).map(|(&seq, _)| seq).collect();
+    if !room.with_readers.is_empty() {
+        let by_readers = room.with_readers.range(touched).copied().filter(|&seq| seq > w && room.readers_cover(seq));
+        done.extend(by_readers.collect::<Vec<_>>());
+        done.sort_unstable();
+    }
+    for seq in done {
+        complete(room, ctx, seq);
+    }
+}
+
+fn complete(room: &mut Room, ctx: &mut Ctx, seq: u64) {
+    let p = room.remove_pending(seq).expect("completing a pending message");
+    let index = persist::expiry_key(p.expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes());
+    ctx.side.delete(index, p.persisted);
+    let m = MarkerV1 {
+        seq,
+        state: MarkerState::Completed,
+        at: ctx.now,
+        expire_at: ctx.now.saturating_add(ctx.config.completed_marker_ttl_ms),
+        sender_id: p.sender_id.to_string(),
+        sent_at: p.sent_at,
+        required: p.required,
+    };
+    put_marker(ctx, &room.id, &p.message_id, m);
+    if p.required == 0 {
+        ctx.outcomes.trivial_completion += 1;
+        if ctx.config.suppress_trivial {
+            ctx.outcomes.trivial_suppressed += 1;
+            return;
+        }
+    }
+    ctx.outcomes.receipt_emitted += 1;
+    ctx.emitted.push(ReceiptComplete {
+        room_id: room.id.clone(),
+        message_id: p.message_id,
+        sender_id: p.sender_id,
+        seq,
+        sent_at: p.sent_at,
+        completed_at: ctx.now,
+        required_readers: p.required,
+    });
+}

@@ -1,0 +1,23 @@
+//! The receipt domain: spec rules as a pure engine (`../shared/spec/receipts.md`).
+//!
+//! - [`event`]: decoded inputs and the `receipt_complete` output.
+//! - [`engine`]: the rules, with an in-memory room cache over a [`KvStore`](crate::store::KvStore).
+//! - [`room`]: one room's in-memory state and its stored keys.
+//! - [`persist`]: key layout and versioned `bincode` values.
+//! - [`view`]: the query views (readers of a message, unread counts, frontier).
+//! - [`config`], [`outcome`]: retention settings and the counts of non-completion outcomes.
+//!
+//! Nothing here imports tokio, rdkafka, RocksDB or Prometheus, and nothing reads a clock.
+
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod outcome;
+pub mod persist;
+mod room;
+pub mod view;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineError};
+pub use event::{Event, Id, Millis, ReadScope, ReceiptComplete};
+pub use outcome::Outcomes;

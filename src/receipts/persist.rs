@@ -1,0 +1,270 @@
+//! How the engine's state is laid out as keys and values in a [`KvStore`](crate::store::KvStore).
+//!
+//! Keys are built so that one prefix scan loads a whole room, and the expiry index is ordered
+//! by deadline:
+//!
+//! | key | value |
+//! |---|---|
+//! | `r` room `M` | [`MetaV1`]: last seq, next parked-read number |
+//! | `r` room `U` user | [`MemberV1`]: read position `H[u]` |
+//! | `r` room `P` seq | [`PendingV1`]: a pending message and its reader set `R(m)` |
+//! | `r` room `K` message id | [`ParkedV1`]: reads waiting for that message |
+//! | `c` room message id | [`MarkerV1`]: a finished message (completed / expired / untracked) |
+//! | `x` deadline kind room id | empty: what expires when (kinds `P`, `K`, `C`) |
+//!
+//! `room` is length-prefixed (u16 big-endian); a trailing id is the rest of the key; numbers
+//! are big-endian so that byte order is numeric order. Key tags other than `r`, `c` and `x`
+//! are free for the runtime (it keeps offsets under `_`).
+//!
+//! Values are `[format version][bincode standard encoding]`. A reader that meets a version it
+//! does not know reports corruption rather than guessing; a new version adds a decoder here.
+
+use bincode::{Decode, Encode};
+
+use super::event::Millis;
+use crate::store::StoreError;
+
+pub const FORMAT_V1: u8 = 1;
+
+pub const TAG_ROOM: u8 = b'r';
+pub const TAG_MARKER: u8 = b'c';
+pub const TAG_EXPIRY: u8 = b'x';
+
+pub const SUB_META: u8 = b'M';
+pub const SUB_MEMBER: u8 = b'U';
+pub const SUB_PENDING: u8 = b'P';
+pub const SUB_PARKED: u8 = b'K';
+
+pub const EXPIRE_PENDING: u8 = b'P';
+pub const EXPIRE_PARKED: u8 = b'K';
+pub const EXPIRE_MARKER: u8 = b'C';
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MetaV1 {
+    pub last_seq: u64,
+    pub next_park_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MemberV1 {
+    pub pos: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PendingV1 {
+    pub message_id: String,
+    pub sender_id: String,
+    pub sent_at: Millis,
+    pub required: u32,
+    pub expire_at: Millis,
+    pub readers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ParkedReadV1 {
+    pub user_id: String,
+    pub scope_message: bool,
+    pub park_seq: u64,
+    pub expire_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ParkedV1 {
+    pub reads: Vec<ParkedReadV1>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum MarkerState {
+    Completed,
+    Expired,
+    Untracked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MarkerV1 {
+    pub seq: u64,
+    pub state: MarkerState,
+    /// When it finished (completion, expiry, or arrival for untracked messages).
+    pub at: Millis,
+    pub expire_at: Millis,
+    pub sender_id: String,
+    pub sent_at: Millis,
+    pub required: u32,
+}
+
+const CONFIG: bincode::config::Configuration = bincode::config::standard();
+
+pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.push(FORMAT_V1);
+    bincode::encode_into_std_write(value, &mut out, CONFIG).expect("writing to a Vec cannot fail");
+    out
+}
+
+pub fn decode<T: Decode<()>>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => {
+            let (value, used) = bincode::decode_from_slice(rest, CONFIG).map_err(|e| StoreError::corrupt(key, e))?;
+            if used != rest.len() {
+                return Err(StoreError::corrupt(key, "trailing bytes after value"));
+            }
+            Ok(value)
+        }
+        Some((v, _)) => Err(StoreError::corrupt(key, format!("unknown format version {v}"))),
+        None => Err(StoreError::corrupt(key, "empty value")),
+    }
+}
+
+fn push_room(key: &mut Vec<u8>, room: &str) {
+    let len = u16::try_from(room.len()).expect("room ids are limited to 1 KiB by the codec");
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(room.as_bytes());
+}
+
+pub fn room_prefix(room: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(room.len() + 16);
+    key.push(TAG_ROOM);
+    push_room(&mut key, room);
+    key
+}
+
+fn room_key(room: &str, sub: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = room_prefix(room);
+    key.push(sub);
+    key.extend_from_slice(rest);
+    key
+}
+
+pub fn meta_key(room: &str) -> Vec<u8> {
+    room_key(room, SUB_META, &[])
+}
+pub fn member_key(room: &str, user: &str) -> Vec<u8> {
+    room_key(room, SUB_MEMBER, user.as_bytes())
+}
+pub fn pending_key(room: &str, seq: u64) -> Vec<u8> {
+    room_key(room, SUB_PENDING, &seq.to_be_bytes())
+}
+pub fn parked_key(room: &str, message_id: &str) -> Vec<u8> {
+    room_key(room, SUB_PARKED, message_id.as_bytes())
+}
+
+pub fn marker_key(room: &str, message_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(room.len() + message_id.len() + 3);
+    key.push(TAG_MARKER);
+    push_room(&mut key, room);
+    key.extend_from_slice(message_id.as_bytes());
+    key
+}
+
+/// Byte order of the result is numeric order of `at`, negative times included.
+pub fn time_bytes(at: Millis) -> [u8; 8] {
+    ((at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn expiry_key(at: Millis, kind: u8, room: &str, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(room.len() + id.len() + 12);
+    key.push(TAG_EXPIRY);
+    key.extend_from_slice(&time_bytes(at));
+    key.push(kind);
+    push_room(&mut key, room);
+    key.extend_from_slice(id);
+    key
+}
+
+/// The first key past every expiry entry due at or before `now`.
+pub fn expiry_upper_bound(now: Millis) -> Vec<u8> {
+    let mut key = vec![TAG_EXPIRY];
+    key.extend_from_slice(&time_bytes(now.saturating_add(1)));
+    key
+}
+
+/// A parsed expiry index key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryEntry<'a> {
+    pub at: Millis,
+    pub kind: u8,
+    pub room: &'a str,
+    pub id: &'a [u8],
+}
+
+pub fn parse_expiry_key(key: &[u8]) -> Result<ExpiryEntry<'_>, StoreError> {
+    let bad = || StoreError::corrupt(key, "malformed expiry key");
+    if key.len() < 12 || key[0] != TAG_EXPIRY {
+        return Err(bad());
+    }
+    let at = (u64::from_be_bytes(key[1..9].try_into().unwrap()) ^ (1 << 63)) as i64;
+    let kind = key[9];
+    let len = u16::from_be_bytes([key[10], key[11]]) as usize;
+    let room = key.get(12..12 + len).ok_or_else(bad)?;
+    let room = std::str::from_utf8(room).map_err(|_| bad())?;
+    Ok(ExpiryEntry { at, kind, room, id: &key[12 + len..] })
+}
+
+/// What a key under a room's prefix holds.
+pub enum RoomEntry<'a> {
+    Meta,
+    Member(&'a str),
+    Pending(u64),
+    Parked(&'a str),
+}
+
+/// Parses the part of a room key after [`room_prefix`].
+pub fn parse_room_suffix<'a>(key: &'a [u8], suffix: &'a [u8]) -> Result<RoomEntry<'a>, StoreError> {
+    let bad = |why: &str| StoreError::corrupt(key, why);
+    let (&sub, rest) = suffix.split_first().ok_or_else(|| bad("room key without kind"))?;
+    let text = || std::str::from_utf8(rest).map_err(|_| bad("id is not UTF-8"));
+    Ok(match sub {
+        SUB_META => RoomEntry::Meta,
+        SUB_MEMBER => RoomEntry::Member(text()?),
+        SUB_PENDING => {
+            RoomEntry::Pending(u64::from_be_bytes(rest.try_into().map_err(|_| bad("pending key without seq"))?))
+        }
+        SUB_PARKED => RoomEntry::Parked(text()?),
+        _ => return Err(bad("unknown room key kind")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_with_their_version() {
+        let v = PendingV1 {
+            message_id: "m1".into(),
+            sender_id: "alice".into(),
+            sent_at: -5,
+            required: 3,
+            expire_at: 99,
+            readers: vec!["bob".into()],
+        };
+        let bytes = encode(&v);
+        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(decode::<PendingV1>(b"k", &bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_corruption_not_panics() {
+        assert!(decode::<MemberV1>(b"k", &[]).is_err());
+        assert!(decode::<MemberV1>(b"k", &[9, 1]).is_err());
+        assert!(decode::<MemberV1>(b"k", &[FORMAT_V1]).is_err());
+        assert!(decode::<MemberV1>(b"k", &[FORMAT_V1, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_including_negative_times() {
+        let a = expiry_key(-10, EXPIRE_PENDING, "r", b"1");
+        let b = expiry_key(5, EXPIRE_PENDING, "r", b"1");
+        let c = expiry_key(6, EXPIRE_MARKER, "a", b"");
+        assert!(a < b && b < c);
+        assert!(b < expiry_upper_bound(5) && c >= expiry_upper_bound(5));
+        let parsed = parse_expiry_key(&b).unwrap();
+        assert_eq!((parsed.at, parsed.kind, parsed.room, parsed.id), (5, EXPIRE_PENDING, "r", &b"1"[..]));
+    }
+
+    #[test]
+    fn one_room_prefix_never_covers_another_room() {
+        // "ab" must not be a key-prefix of room "abc": the length prefix sees to that.
+        assert!(!member_key("abc", "u").starts_with(&room_prefix("ab")));
+    }
+}

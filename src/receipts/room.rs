@@ -1,0 +1,310 @@
+//! One room's state as the engine keeps it in memory, and its mapping to stored keys.
+//!
+//! A room is loaded with one prefix scan and written back, key by key, only where it changed
+//! (`Dirty`), when the caller commits. The in-memory indexes (`by_pos`, `pending_ids`,
+//! `with_readers`, `parked_by_user`) are derived on load and never stored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::event::{Id, Millis, ReadScope};
+use super::persist::{self, MemberV1, MetaV1, ParkedReadV1, ParkedV1, PendingV1, RoomEntry};
+use crate::store::{KvStore, StoreError, WriteBatch};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub message_id: Id,
+    pub sender_id: Id,
+    pub sent_at: Millis,
+    pub required: u32,
+    pub expire_at: Millis,
+    /// `R(m)`: users who read exactly this message (scope `message`), sorted.
+    pub readers: Vec<Id>,
+    /// Whether this message (and its expiry index entry) is in the store.
+    pub persisted: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Parked {
+    pub user_id: Id,
+    pub scope: ReadScope,
+    pub park_seq: u64,
+    pub expire_at: Millis,
+    pub persisted: bool,
+}
+
+/// What changed since the last commit. `bool` values say whether the key is in the store,
+/// so that state created and removed between two commits costs no write at all.
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    pub meta: bool,
+    pub members: HashSet<Id>,
+    pub pending: BTreeMap<u64, bool>,
+    pub parked: HashMap<Id, bool>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub id: Id,
+    pub last_seq: u64,
+    pub next_park_seq: u64,
+    /// Members and their read positions `H[u]`.
+    pub members: HashMap<Id, u64>,
+    /// The same positions ordered: the first entry is the frontier `W`.
+    pub by_pos: BTreeSet<(u64, Id)>,
+    pub pending: BTreeMap<u64, Pending>,
+    pub pending_ids: HashMap<Id, u64>,
+    /// Seqs of pending messages with a non-empty reader set.
+    pub with_readers: BTreeSet<u64>,
+    /// Reads waiting for a message, by message id, in arrival order.
+    pub parked: HashMap<Id, Vec<Parked>>,
+    /// Each user's parked reads in this room, oldest first: `(park_seq, message_id)`.
+    pub parked_by_user: HashMap<Id, BTreeSet<(u64, Id)>>,
+    /// Whether the parked list of a message id is in the store.
+    pub parked_persisted: HashSet<Id>,
+    pub dirty: Dirty,
+    /// Whether the engine has this room in its list of rooms to flush.
+    pub listed_dirty: bool,
+    pub last_used: u64,
+    /// The weight counted for this room in the cache at the last commit.
+    pub weight: usize,
+}
+
+impl Room {
+    pub fn new(id: Id) -> Self {
+        Room {
+            id,
+            last_seq: 0,
+            next_park_seq: 0,
+            members: HashMap::new(),
+            by_pos: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            pending_ids: HashMap::new(),
+            with_readers: BTreeSet::new(),
+            parked: HashMap::new(),
+            parked_by_user: HashMap::new(),
+            parked_persisted: HashSet::new(),
+            dirty: Dirty::default(),
+            listed_dirty: false,
+            last_used: 0,
+            weight: 1,
+        }
+    }
+
+    /// `W`: the lowest read position of a member, `u64::MAX` (+inf) in an empty room.
+    pub fn frontier(&self) -> u64 {
+        self.by_pos.first().map_or(u64::MAX, |(pos, _)| *pos)
+    }
+
+    /// State entries held, the unit of the cache's budget.
+    pub fn entries(&self) -> usize {
+        1 + self.members.len() + self.pending.len() + self.parked.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Whether this room holds nothing worth keeping but its meta.
+    pub fn is_known(&self) -> bool {
+        self.last_seq > 0 || !self.members.is_empty() || !self.parked.is_empty()
+    }
+
+    /// Moves a member's read position; returns the old one.
+    pub fn set_pos(&mut self, user: &Id, pos: u64) -> u64 {
+        let slot = self.members.get_mut(user).expect("set_pos of a member");
+        let old = *slot;
+        if old != pos {
+            *slot = pos;
+            self.by_pos.remove(&(old, user.clone()));
+            self.by_pos.insert((pos, user.clone()));
+            self.dirty.members.insert(user.clone());
+        }
+        old
+    }
+
+    pub fn add_member(&mut self, user: Id, pos: u64) {
+        self.by_pos.insert((pos, user.clone()));
+        self.dirty.members.insert(user.clone());
+        self.members.insert(user, pos);
+    }
+
+    /// Removes a member; returns its read position.
+    pub fn remove_member(&mut self, user: &Id) -> Option<u64> {
+        let pos = self.members.remove(user)?;
+        self.by_pos.remove(&(pos, user.clone()));
+        self.dirty.members.insert(user.clone());
+        Some(pos)
+    }
+
+    /// Whether every member still holding back pending message `seq` is in its reader set.
+    pub fn readers_cover(&self, seq: u64) -> bool {
+        let Some(p) = self.pending.get(&seq) else {
+            return false;
+        };
+        // Members below `seq` in position order; usually the first one is not a reader and
+        // the scan stops at once. It never visits more than |R(m)| + 1 members.
+        self.by_pos.iter().take_while(|(pos, _)| *pos < seq).all(|(_, user)| p.readers.binary_search(user).is_ok())
+    }
+
+    pub fn insert_pending(&mut self, seq: u64, p: Pending) {
+        self.pending_ids.insert(p.message_id.clone(), seq);
+        if !p.readers.is_empty() {
+            self.with_readers.insert(seq);
+        }
+        self.dirty.pending.entry(seq).or_insert(p.persisted);
+        self.pending.insert(seq, p);
+    }
+
+    pub fn remove_pending(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.pending.remove(&seq)?;
+        self.pending_ids.remove(&p.message_id);
+        self.with_readers.remove(&seq);
+        let on_disk = self.dirty.pending.entry(seq).or_insert(false);
+        *on_disk |= p.persisted;
+        Some(p)
+    }
+
+    pub fn mark_pending_dirty(&mut self, seq: u64) {
+        let persisted = self.pending.get(&seq).is_some_and(|p| p.persisted);
+        self.dirty.pending.entry(seq).or_insert(persisted);
+    }
+
+    pub fn mark_parked_dirty(&mut self, message_id: &Id) {
+        let on_disk = self.parked_persisted.contains(message_id);
+        self.dirty.parked.entry(message_id.clone()).or_insert(on_disk);
+    }
+
+    /// Loads a room with one prefix scan; a room never seen is empty.
+    pub fn load(store: &dyn KvStore, id: Id) -> Result<Room, StoreError> {
+        let mut room = Room::new(id);
+        let prefix = persist::room_prefix(&room.id);
+        let mut failure = None;
+        store.scan_prefix(&prefix, &mut |key, value| match room.load_entry(key, &key[prefix.len()..], value) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        room.weight = room.entries();
+        Ok(room)
+    }
+
+    fn load_entry(&mut self, key: &[u8], suffix: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        match persist::parse_room_suffix(key, suffix)? {
+            RoomEntry::Meta => {
+                let meta: MetaV1 = persist::decode(key, value)?;
+                self.last_seq = meta.last_seq;
+                self.next_park_seq = meta.next_park_seq;
+            }
+            RoomEntry::Member(user) => {
+                let m: MemberV1 = persist::decode(key, value)?;
+                let user: Id = user.into();
+                self.by_pos.insert((m.pos, user.clone()));
+                self.members.insert(user, m.pos);
+            }
+            RoomEntry::Pending(seq) => {
+                let v: PendingV1 = persist::decode(key, value)?;
+                let p = Pending {
+                    message_id: v.message_id.into(),
+                    sender_id: v.sender_id.into(),
+                    sent_at: v.sent_at,
+                    required: v.required,
+                    expire_at: v.expire_at,
+                    readers: v.readers.into_iter().map(Id::from).collect(),
+                    persisted: true,
+                };
+                self.pending_ids.insert(p.message_id.clone(), seq);
+                if !p.readers.is_empty() {
+                    self.with_readers.insert(seq);
+                }
+                self.pending.insert(seq, p);
+            }
+            RoomEntry::Parked(message_id) => {
+                let v: ParkedV1 = persist::decode(key, value)?;
+                let message_id: Id = message_id.into();
+                let reads: Vec<Parked> = v
+                    .reads
+                    .into_iter()
+                    .map(|r| Parked {
+                        user_id: r.user_id.into(),
+                        scope: if r.scope_message { ReadScope::Message } else { ReadScope::UpTo },
+                        park_seq: r.park_seq,
+                        expire_at: r.expire_at,
+                        persisted: true,
+                    })
+                    .collect();
+                for r in &reads {
+                    self.parked_by_user.entry(r.user_id.clone()).or_default().insert((r.park_seq, message_id.clone()));
+                }
+                self.parked_persisted.insert(message_id.clone());
+                self.parked.insert(message_id, reads);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what changed since the last commit into `batch` and marks it all persisted.
+    pub fn flush_into(&mut self, batch: &mut WriteBatch) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let room = &*self.id;
+        if dirty.meta {
+            let meta = MetaV1 { last_seq: self.last_seq, next_park_seq: self.next_park_seq };
+            batch.put(persist::meta_key(room), persist::encode(&meta));
+        }
+        for user in dirty.members {
+            let key = persist::member_key(room, &user);
+            match self.members.get(&user) {
+                Some(&pos) => batch.put(key, persist::encode(&MemberV1 { pos })),
+                None => batch.delete(key),
+            }
+        }
+        for (seq, on_disk) in dirty.pending {
+            let key = persist::pending_key(room, seq);
+            match self.pending.get_mut(&seq) {
+                Some(p) => {
+                    let v = PendingV1 {
+                        message_id: p.message_id.to_string(),
+                        sender_id: p.sender_id.to_string(),
+                        sent_at: p.sent_at,
+                        required: p.required,
+                        expire_at: p.expire_at,
+                        readers: p.readers.iter().map(|r| r.to_string()).collect(),
+                    };
+                    batch.put(key, persist::encode(&v));
+                    p.persisted = true;
+                }
+                None if on_disk => batch.delete(key),
+                None => {}
+            }
+        }
+        for (message_id, on_disk) in dirty.parked {
+            let key = persist::parked_key(room, &message_id);
+            match self.parked.get_mut(&message_id) {
+                Some(reads) => {
+                    let v = ParkedV1 {
+                        reads: reads
+                            .iter()
+                            .map(|r| ParkedReadV1 {
+                                user_id: r.user_id.to_string(),
+                                scope_message: r.scope == ReadScope::Message,
+                                park_seq: r.park_seq,
+                                expire_at: r.expire_at,
+                            })
+                            .collect(),
+                    };
+                    for r in reads.iter_mut() {
+                        r.persisted = true;
+                    }
+                    batch.put(key, persist::encode(&v));
+                    self.parked_persisted.insert(message_id);
+                }
+                None => {
+                    if on_disk {
+                        batch.delete(key);
+                    }
+                    self.parked_persisted.remove(&message_id);
+                }
+            }
+        }
+    }
+}
