@@ -1,0 +1,249 @@
+//! The `allread` command line: a thin front end over the library.
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use allread::codec::{encode_receipt, DecodeLimits};
+use allread::config::Config;
+use allread::demo::{run_demo, DemoOptions};
+use allread::receipts::{Engine, EngineConfig};
+use allread::replay::{replay, ReplaySummary, TopicNames};
+use allread::runtime::{self, Hooks};
+use allread::store::memory::MemoryStore;
+use allread::store::rocks::{RocksOptions, RocksStore};
+
+#[derive(Parser)]
+#[command(name = "allread", version, about = "Read receipts for chat systems on Apache Kafka")]
+struct Cli {
+    /// Log format on standard error; verbosity follows RUST_LOG (default "info").
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor: consume room topics and read events, emit receipt_complete.
+    Run {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Run allread on an embedded broker (or --bootstrap) over a simulated chat, printing
+    /// receipts as they are emitted.
+    Demo {
+        /// Use this Kafka broker instead of the embedded mock one.
+        #[arg(long, env = "KAFKA_BOOTSTRAP")]
+        bootstrap: Option<String>,
+        /// How long the simulated chat goes on, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Check a configuration without starting anything.
+    Config {
+        #[command(flatten)]
+        settings: Settings,
+        /// Print the effective configuration as TOML.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Run the receipt engine over records from a JSON Lines file (no Kafka) and print
+    /// every receipt_complete as JSON, one per line.
+    ///
+    /// Each line: {"topic": "chatroom_<room>" | "read_events", "value": {...}, "timestamp": <epoch ms>}.
+    Replay {
+        /// The input file ("-" for standard input).
+        input: PathBuf,
+        /// Keep state in RocksDB in this directory (default: in memory).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Prefix of room topics; the rest of the name is the room id.
+        #[arg(long, default_value = "chatroom_")]
+        room_prefix: String,
+        #[arg(long, default_value = "read_events")]
+        read_topic: String,
+    },
+}
+
+/// Settings: defaults, then the TOML file, then these flags.
+#[derive(clap::Args)]
+struct Settings {
+    /// A TOML configuration file (see README: configuration).
+    #[arg(long, short = 'c', env = "ALLREAD_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "ALLREAD_BOOTSTRAP_SERVERS")]
+    bootstrap_servers: Option<String>,
+    #[arg(long, env = "ALLREAD_APPLICATION_ID")]
+    application_id: Option<String>,
+    #[arg(long, env = "ALLREAD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Partitions of the repartition topic (the number of tasks).
+    #[arg(long, env = "ALLREAD_PARTITIONS")]
+    partitions: Option<i32>,
+}
+
+impl Settings {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.bootstrap_servers {
+            cfg.bootstrap_servers = v.clone();
+        }
+        if let Some(v) = &self.application_id {
+            cfg.application_id = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            cfg.state_dir = v.clone();
+        }
+        if let Some(v) = self.partitions {
+            cfg.topics.partitions = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { settings } => {
+            init_logs(cli.log_format);
+            let cfg = settings.load()?;
+            run_until_signal(cfg)
+        }
+        Command::Demo { bootstrap, seconds, seed } => {
+            // The demo prints receipts on stdout; keep logs to warnings unless asked.
+            if std::env::var_os("RUST_LOG").is_none() {
+                std::env::set_var("RUST_LOG", "warn");
+            }
+            init_logs(cli.log_format);
+            run_demo(DemoOptions { bootstrap, seconds, seed })
+        }
+        Command::Config { settings, print } => {
+            let cfg = settings.load()?;
+            if print {
+                print!("{}", toml::to_string(&cfg)?);
+            }
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Replay { input, state_dir, room_prefix, read_topic } => {
+            let reader: Box<dyn io::BufRead> = if input.as_os_str() == "-" {
+                Box::new(BufReader::new(io::stdin()))
+            } else {
+                let file = File::open(&input).with_context(|| format!("opening {}", input.display()))?;
+                Box::new(BufReader::new(file))
+            };
+            let topics = TopicNames { room_prefix, read_topic };
+            let summary = match state_dir {
+                Some(dir) => {
+                    let store = RocksStore::open(&dir, &RocksOptions::default())
+                        .with_context(|| format!("opening state in {}", dir.display()))?;
+                    run_replay(Engine::new(store, EngineConfig::default()), reader, &topics)?
+                }
+                None => run_replay(Engine::new(MemoryStore::new(), EngineConfig::default()), reader, &topics)?,
+            };
+            for r in &summary.rejected {
+                eprintln!("line {}: rejected ({}): {}", r.line, r.kind, r.reason);
+            }
+            eprintln!("{} records applied, {} rejected", summary.records, summary.rejected.len());
+            Ok(())
+        }
+    }
+}
+
+/// Runs the processor on its own thread until SIGTERM or SIGINT, then gives it
+/// `shutdown_timeout_ms` to commit and leave the group.
+fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let grace = Duration::from_millis(cfg.processing.shutdown_timeout_ms);
+    let worker = {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("allread".into())
+            .spawn(move || runtime::run(cfg, shutdown, Hooks::default()))?
+    };
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let finished = signals.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let worker_done = async {
+            while !worker.is_finished() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight work"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight work"),
+            _ = worker_done => return Ok::<bool, io::Error>(true),
+        }
+        Ok(false)
+    })?;
+    shutdown.store(true, Ordering::Relaxed);
+    if !finished {
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            eprintln!("allread: shutdown took longer than {grace:?}; exiting without a clean leave");
+            std::process::exit(2);
+        });
+    }
+    match worker.join() {
+        Ok(result) => {
+            result?;
+            Ok(())
+        }
+        Err(_) => anyhow::bail!("the processing thread panicked"),
+    }
+}
+
+fn run_replay<S: allread::store::KvStore>(
+    mut engine: Engine<S>,
+    reader: Box<dyn io::BufRead>,
+    topics: &TopicNames,
+) -> anyhow::Result<ReplaySummary> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = None;
+    let summary = replay(&mut engine, reader, topics, &DecodeLimits::default(), 10_000, |r| {
+        if failed.is_none() {
+            let mut line = encode_receipt(r);
+            line.push(b'\n');
+            failed = out.write_all(&line).err();
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e).context("writing receipts");
+    }
+    for (name, value) in engine.outcomes().iter().filter(|(_, v)| *v > 0) {
+        eprintln!("{name}: {value}");
+    }
+    Ok(summary)
+}

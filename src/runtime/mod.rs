@@ -1,0 +1,235 @@
+//! The stream processor: `allread run`.
+//!
+//! One consumer in the group `application_id` subscribes to the room-topic pattern, the read
+//! topic and the repartition topic. Like a Kafka Streams application it has two stages:
+//!
+//! 1. **Routing.** Input records are decoded, re-keyed by room id and written to the
+//!    repartition topic (`<application_id>-events-repartition`) at the partition Kafka's
+//!    Java partitioner would pick; undecodable ones go, unchanged, to the dead-letter topic.
+//!    This brings a room's events and the reads of that room to one partition.
+//! 2. **Tasks.** Each repartition partition is a task with its own RocksDB state; it applies
+//!    the events to the receipt engine and produces `receipt_complete` records.
+//!
+//! Commits are at-least-once with state and offsets together (see `processor`). Everything
+//! Kafka-facing runs on one dedicated thread, not on an async runtime: librdkafka's calls
+//! block, and a consumer must not be dropped on a tokio worker.
+
+mod context;
+mod processor;
+pub mod task;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::ThreadedProducer;
+use tracing::{error, info, warn};
+
+pub use processor::{now_ms, Stats};
+
+use self::context::RuntimeContext;
+use self::processor::{DeliveryContext, Processor};
+use crate::config::{Config, ConfigError};
+use crate::kafka::admin::{self, AdminError};
+use crate::kafka::{base_client_config, with_passthrough};
+use crate::receipts::{EngineError, Outcomes, ReceiptComplete};
+use crate::store::rocks::RocksOptions;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("setting up topics: {0}")]
+    Admin(#[from] AdminError),
+    #[error("creating a Kafka client: {0}")]
+    Client(KafkaError),
+    #[error("producing: {0}")]
+    Produce(KafkaError),
+    #[error("{failed} produced records were not acknowledged; first: {first}")]
+    Delivery { failed: u64, first: String },
+    #[error("task {partition}: {source}")]
+    Engine { partition: i32, source: EngineError },
+    #[error("task {partition}: state store: {source}")]
+    Store { partition: i32, source: StoreError },
+}
+
+impl From<KafkaError> for RuntimeError {
+    fn from(e: KafkaError) -> Self {
+        RuntimeError::Produce(e)
+    }
+}
+
+/// What a run did, returned when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub stats: Stats,
+    pub outcomes: Outcomes,
+}
+
+/// Called with every receipt produced.
+pub type ReceiptHook = Box<dyn FnMut(&ReceiptComplete) + Send>;
+
+/// Hooks for embedding the processor (the demo, tests).
+#[derive(Default)]
+pub struct Hooks {
+    pub on_receipt: Option<ReceiptHook>,
+}
+
+/// Runs the processor until `shutdown` is set, then commits, leaves the group and returns.
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunReport, RuntimeError> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    ensure_topics_with_retry(&cfg, &shutdown)?;
+    if shutdown.load(Ordering::Relaxed) {
+        return Ok(RunReport::default());
+    }
+
+    let producer: ThreadedProducer<DeliveryContext> = with_passthrough(
+        {
+            let mut c = base_client_config(&cfg);
+            c.set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .set("compression.type", "lz4")
+                .set("partitioner", "murmur2_random");
+            c
+        },
+        &cfg,
+    )
+    .create_with_context(DeliveryContext::default())
+    .map_err(RuntimeError::Client)?;
+
+    let rocks = RocksOptions::default().with_shared_cache(256 << 20);
+    let mut processor = Processor::new(cfg.clone(), producer, rocks);
+    processor.on_receipt = hooks.on_receipt;
+    let processor = Arc::new(Mutex::new(processor));
+
+    let consumer: BaseConsumer<RuntimeContext> = with_passthrough(
+        {
+            let mut c = base_client_config(&cfg);
+            c.set("group.id", &cfg.application_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("topic.metadata.refresh.interval.ms", cfg.processing.metadata_refresh_ms.to_string());
+            c
+        },
+        &cfg,
+    )
+    .create_with_context(RuntimeContext { processor: processor.clone() })
+    .map_err(RuntimeError::Client)?;
+
+    let repartition = cfg.repartition_topic();
+    let subscription = [cfg.topics.room_pattern.as_str(), cfg.topics.read.as_str(), repartition.as_str()];
+    consumer.subscribe(&subscription).map_err(RuntimeError::Client)?;
+    info!(?subscription, group = %cfg.application_id, "allread running");
+
+    let result = process_until(&consumer, &processor, &cfg, &shutdown);
+
+    // Leave cleanly: commit, then close the consumer (its revocation commits again, which is
+    // a no-op), here on this thread.
+    {
+        let mut p = lock(&processor);
+        if result.is_ok() {
+            if let Err(e) = p.commit(&consumer, CommitMode::Sync) {
+                warn!(error = %e, "final commit failed; the next start re-processes from the last commit");
+            }
+        }
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    let p = lock(&processor);
+    p.flush_producer(Duration::from_secs(10));
+    let report = RunReport { stats: p.stats.clone(), outcomes: p.outcomes() };
+    info!(
+        routed = report.stats.routed,
+        receipts = report.stats.receipts,
+        dead_lettered = report.stats.dead_lettered,
+        "allread stopped"
+    );
+    result.map(|()| report)
+}
+
+fn lock(p: &Mutex<Processor>) -> std::sync::MutexGuard<'_, Processor> {
+    p.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn process_until(
+    consumer: &BaseConsumer<RuntimeContext>,
+    processor: &Mutex<Processor>,
+    cfg: &Config,
+    shutdown: &AtomicBool,
+) -> Result<(), RuntimeError> {
+    let commit_every = Duration::from_millis(cfg.processing.commit_interval_ms);
+    let tick_every = Duration::from_millis(cfg.processing.tick_interval_ms);
+    let max_records = cfg.processing.max_poll_records;
+    let mut last_consumer_warning: Option<Instant> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        // Poll without holding the lock: rebalance callbacks take it.
+        let mut batch = Vec::new();
+        let mut timeout = Duration::from_millis(50);
+        while batch.len() < max_records {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => {
+                    // Broker down, topic not there yet: librdkafka retries; say so now and then.
+                    if last_consumer_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        warn!(error = %e, "consumer error (retrying)");
+                        last_consumer_warning = Some(Instant::now());
+                    }
+                    break;
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        let mut p = lock(processor);
+        if let Some(fatal) = p.fatal.take() {
+            return Err(fatal);
+        }
+        if !batch.is_empty() {
+            if let Err(e) = p.handle_batch(batch) {
+                p.rewind(consumer, &e);
+                continue;
+            }
+        }
+        if p.last_commit.elapsed() >= commit_every {
+            if let Err(e) = p.commit(consumer, CommitMode::Async) {
+                p.rewind(consumer, &e);
+                continue;
+            }
+        }
+        if p.last_tick.elapsed() >= tick_every {
+            if let Err(e) = p.tick() {
+                p.rewind(consumer, &e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates or checks allread's topics, retrying with backoff while the broker is away.
+fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), RuntimeError> {
+    let client = with_passthrough(base_client_config(cfg), cfg);
+    let specs = admin::owned_topics(cfg);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match admin::ensure_topics(&client, &specs) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retriable() && !shutdown.load(Ordering::Relaxed) => {
+                warn!(error = %e, retry_in = ?backoff, "Kafka not ready; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                error!(error = %e, "cannot set up topics");
+                return Err(e.into());
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The processing loop's state: routing input records to the repartition topic, running
+//! tasks, and committing output, state and offsets in the right order.
+//!
+//! Order of a commit (at-least-once): (1) wait until every produced record (receipts,
+//! repartition records, dead letters) is acknowledged; (2) write each task's state with the
+//! repartition offset and source positions it reflects, in one RocksDB batch; (3) commit the
+//! consumer's offsets to Kafka. A crash between any two steps re-processes input, and the
+//! task's source positions make that re-processing a no-op for the state; the worst case is
+//! a receipt emitted twice, never one lost.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use super::context::RuntimeContext;
+use super::task::{Task, TaskError};
+use super::RuntimeError;
+use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
+use crate::config::Config;
+use crate::kafka::envelope::{self, Source};
+use crate::kafka::partitioner::partition_for;
+use crate::kafka::room_of_topic;
+use crate::receipts::{Millis, Outcomes};
+use crate::store::rocks::RocksOptions;
+
+pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
+
+/// Counts acknowledgements and failures of produced records.
+#[derive(Default)]
+pub struct DeliveryContext {
+    failures: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let mut first = self.first_failure.lock().unwrap();
+            if first.is_none() {
+                *first = Some(format!("producing to {}: {e}", msg.topic()));
+            }
+        }
+    }
+}
+
+impl DeliveryContext {
+    /// Failures since the last call, with the first one's description.
+    fn take_failures(&self) -> Option<(u64, String)> {
+        let n = self.failures.swap(0, Ordering::Relaxed);
+        let first = self.first_failure.lock().unwrap().take();
+        (n > 0).then(|| (n, first.unwrap_or_default()))
+    }
+}
+
+/// Totals since the process started, for logs, the demo's summary and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub routed: u64,
+    pub dead_lettered: u64,
+    pub decode_failures: BTreeMap<&'static str, u64>,
+    pub receipts: u64,
+    pub corrupt_repartition_records: u64,
+    pub rewinds: u64,
+    pub commits: u64,
+}
+
+pub struct Processor {
+    cfg: Arc<Config>,
+    producer: ThreadedProducer<DeliveryContext>,
+    rocks: RocksOptions,
+    limits: DecodeLimits,
+    repartition: String,
+    dlq: String,
+    pub(crate) tasks: BTreeMap<i32, Task>,
+    /// Input partitions: the next offset to commit, for records routed since the last commit.
+    routed: HashMap<(String, i32), i64>,
+    pub stats: Stats,
+    /// Engine outcomes of tasks this process no longer has.
+    closed_outcomes: Outcomes,
+    pub(crate) last_commit: Instant,
+    pub(crate) last_tick: Instant,
+    /// Set when something happened that the loop cannot continue from.
+    pub(crate) fatal: Option<RuntimeError>,
+    /// Called with every receipt produced (the demo prints them).
+    pub(crate) on_receipt: Option<super::ReceiptHook>,
+}
+
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+fn send(
+    producer: &ThreadedProducer<DeliveryContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                // The producer's thread drains the queue; wait for room rather than drop.
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+impl Processor {
+    pub fn new(cfg: Arc<Config>, producer: ThreadedProducer<DeliveryContext>, rocks: RocksOptions) -> Self {
+        Processor {
+            limits: cfg.decode_limits(),
+            repartition: cfg.repartition_topic(),
+            dlq: cfg.dlq_topic(),
+            cfg,
+            producer,
+            rocks,
+            tasks: BTreeMap::new(),
+            routed: HashMap::new(),
+            stats: Stats::default(),
+            closed_outcomes: Outcomes::default(),
+            last_commit: Instant::now(),
+            last_tick: Instant::now(),
+            fatal: None,
+            on_receipt: None,
+        }
+    }
+
+    pub fn is_repartition(&self, topic: &str) -> bool {
+        topic == self.repartition
+    }
+
+    /// Engine outcomes of every task this process has run.
+    pub fn outcomes(&self) -> Outcomes {
+        let mut o = self.closed_outcomes;
+        for t in self.tasks.values() {
+            o.add(&t.outcomes());
+        }
+        o
+    }
+
+    /// Routes and processes one batch of polled records.
+    pub fn handle_batch(&mut self, records: Vec<OwnedMessage>) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let (repartitioned, inputs): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(|m| self.is_repartition(m.topic()));
+        for m in merge_by_timestamp(inputs) {
+            self.route(&m)?;
+        }
+        for m in repartitioned {
+            self.process(&m, now)?;
+        }
+        Ok(())
+    }
+
+    /// Input record -> repartition topic (by room), or -> dead letters.
+    fn route(&mut self, m: &OwnedMessage) -> Result<(), RuntimeError> {
+        let topic = m.topic();
+        let payload = m.payload().unwrap_or(&[]);
+        let decoded = if topic == self.cfg.topics.read {
+            codec::decode_read_event(payload, &self.limits)
+        } else {
+            codec::decode_room_event(payload, room_of_topic(&self.cfg, topic), &self.limits)
+        };
+        match decoded {
+            Ok(event) => {
+                let room = event.room_id().clone();
+                let partition = partition_for(room.as_bytes(), self.cfg.topics.partitions);
+                let source = Source {
+                    topic: topic.to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis().unwrap_or(0),
+                };
+                let value = envelope::encode(&source, &event);
+                let mut record =
+                    BaseRecord::to(&self.repartition).partition(partition).key(room.as_bytes()).payload(&value[..]);
+                if let Some(ts) = m.timestamp().to_millis() {
+                    record = record.timestamp(ts);
+                }
+                send(&self.producer, record)?;
+                self.stats.routed += 1;
+            }
+            Err(e) => self.dead_letter(m, &e)?,
+        }
+        self.routed.insert((topic.to_string(), m.partition()), m.offset() + 1);
+        Ok(())
+    }
+
+    /// The record, unchanged, to `<application_id>-dlq`, with headers saying where it came
+    /// from and why it was rejected. Its content is never logged.
+    fn dead_letter(&mut self, m: &OwnedMessage, e: &DecodeError) -> Result<(), RuntimeError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = m.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let partition = m.partition().to_string();
+        let offset = m.offset().to_string();
+        let message = e.to_string();
+        for (key, value) in [
+            ("allread.source.topic", m.topic()),
+            ("allread.source.partition", partition.as_str()),
+            ("allread.source.offset", offset.as_str()),
+            ("allread.error.kind", e.kind()),
+            ("allread.error.message", message.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dlq).headers(headers);
+        if let Some(key) = m.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = m.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(ts) = m.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        send(&self.producer, record)?;
+        warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = e.kind(), error = %e, "dead-lettered an undecodable record");
+        self.stats.dead_lettered += 1;
+        *self.stats.decode_failures.entry(e.kind()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Repartition record -> its task -> receipts.
+    fn process(&mut self, m: &OwnedMessage, now: Millis) -> Result<(), RuntimeError> {
+        let partition = m.partition();
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            debug!(partition, "record of a task no longer assigned here; skipped");
+            return Ok(());
+        };
+        match task.process(m.offset(), m.payload().unwrap_or(&[]), now) {
+            Ok(None) => Ok(()),
+            Ok(Some(applied)) => {
+                for r in &applied.receipts {
+                    let value = encode_receipt(r);
+                    let record = BaseRecord::to(&self.cfg.topics.output).key(r.room_id.as_bytes()).payload(&value[..]);
+                    send(&self.producer, record)?;
+                    self.stats.receipts += 1;
+                    if let Some(f) = self.on_receipt.as_mut() {
+                        f(r);
+                    }
+                }
+                Ok(())
+            }
+            Err(TaskError::Envelope(e)) => {
+                // Only allread writes this topic; a record it cannot read is a bug or a
+                // foreign writer. Count it loudly and go on.
+                error!(partition, offset = m.offset(), error = %e, "skipping a corrupt repartition record");
+                self.stats.corrupt_repartition_records += 1;
+                Ok(())
+            }
+            Err(TaskError::Engine(e)) => Err(RuntimeError::Engine { partition, source: e }),
+        }
+    }
+
+    pub fn tick(&mut self) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        for (partition, task) in self.tasks.iter_mut() {
+            task.tick(now).map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
+        }
+        self.last_tick = Instant::now();
+        Ok(())
+    }
+
+    /// Output acknowledged, then state, then Kafka offsets (see the module's doc).
+    pub fn commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
+        self.last_commit = Instant::now();
+        self.producer.flush(Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
+        if let Some((n, first)) = self.producer.context().take_failures() {
+            return Err(RuntimeError::Delivery { failed: n, first });
+        }
+        for (partition, task) in self.tasks.iter_mut() {
+            task.commit().map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.routed {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(RuntimeError::Produce)?;
+        }
+        for (partition, task) in &self.tasks {
+            if let Some(offset) = task.committed_offset() {
+                tpl.add_partition_offset(&self.repartition, *partition, Offset::Offset(offset))
+                    .map_err(RuntimeError::Produce)?;
+            }
+        }
+        if tpl.count() > 0 {
+            // A failed offset commit loses nothing: tasks resume from their own state and
+            // skip what they have applied. Warn and let the next commit carry it.
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                warn!(error = %e, "committing consumer offsets failed; retrying at the next commit");
+            } else {
+                self.routed.clear();
+            }
+        }
+        self.stats.commits += 1;
+        Ok(())
+    }
+
+    /// After a failure: forget everything uncommitted and re-read from the committed
+    /// positions, as Kafka Streams revives a task. Output already produced stays (at-least-once).
+    pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
+        self.stats.rewinds += 1;
+        warn!(error = %reason, "rewinding to the last commit");
+        let _ = self.producer.flush(Duration::from_secs(30));
+        let _ = self.producer.context().take_failures();
+        let tasks = std::mem::take(&mut self.tasks);
+        for (partition, task) in tasks {
+            match task.rewind() {
+                Ok(task) => {
+                    let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = consumer.seek(&self.repartition, partition, offset, Duration::from_secs(10)) {
+                        warn!(partition, error = %e, "seeking the repartition topic failed");
+                    }
+                    self.tasks.insert(partition, task);
+                }
+                Err(e) => {
+                    self.fatal = Some(RuntimeError::Store { partition, source: e });
+                    return;
+                }
+            }
+        }
+        // Input partitions go back to Kafka's committed offsets.
+        self.routed.clear();
+        match consumer.assignment().and_then(|a| consumer.committed_offsets(a, Duration::from_secs(10))) {
+            Ok(committed) => {
+                for elem in committed.elements() {
+                    if self.is_repartition(elem.topic()) {
+                        continue;
+                    }
+                    let offset = match elem.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::Beginning,
+                    };
+                    if let Err(e) = consumer.seek(elem.topic(), elem.partition(), offset, Duration::from_secs(10)) {
+                        warn!(topic = elem.topic(), partition = elem.partition(), error = %e, "seek failed");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "reading committed offsets failed; input may be re-read from later positions"),
+        }
+    }
+
+    /// Partitions assigned: open a task per repartition partition and start it where its
+    /// local state is.
+    pub fn on_assign(&mut self, tpl: &mut TopicPartitionList) {
+        let mine: Vec<i32> =
+            tpl.elements().iter().filter(|e| self.is_repartition(e.topic())).map(|e| e.partition()).collect();
+        for partition in mine {
+            let dir = self.cfg.task_dir(partition);
+            match Task::open(partition, dir.clone(), self.cfg.engine.clone(), &self.rocks) {
+                Ok(task) => {
+                    if let Some(offset) = task.committed_offset() {
+                        let _ = tpl.set_partition_offset(&self.repartition, partition, Offset::Offset(offset));
+                    }
+                    info!(task = partition, state = %dir.display(), resume_at = ?task.committed_offset(), "task assigned");
+                    self.tasks.insert(partition, task);
+                }
+                Err(e) => {
+                    error!(task = partition, state = %dir.display(), error = %e, "cannot open the task's state");
+                    self.fatal = Some(RuntimeError::Store { partition, source: e });
+                }
+            }
+        }
+    }
+
+    /// Partitions revoked: commit what we have, then let them go.
+    pub fn on_revoke(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList, lost: bool) {
+        if !lost {
+            if let Err(e) = self.commit(consumer, CommitMode::Sync) {
+                warn!(error = %e, "commit before revocation failed; the next owner re-processes from the last commit");
+            }
+        }
+        for elem in tpl.elements() {
+            if self.is_repartition(elem.topic()) {
+                if let Some(task) = self.tasks.remove(&elem.partition()) {
+                    self.closed_outcomes.add(&task.outcomes());
+                    info!(task = elem.partition(), lost, "task revoked");
+                }
+            } else {
+                self.routed.remove(&(elem.topic().to_string(), elem.partition()));
+            }
+        }
+    }
+
+    pub fn flush_producer(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            warn!(error = %e, "flushing the producer at shutdown");
+        }
+    }
+}
+
+/// Input records in approximately timestamp order across partitions, each partition's own
+/// order kept (as Kafka Streams picks a task's next record by head timestamp): a backlog of
+/// reads does not run ahead of the messages it names.
+fn merge_by_timestamp(records: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
+    let mut queues: HashMap<(String, i32), std::collections::VecDeque<OwnedMessage>> = HashMap::new();
+    for m in records {
+        queues.entry((m.topic().to_string(), m.partition())).or_default().push_back(m);
+    }
+    if queues.len() <= 1 {
+        return queues.into_values().flatten().collect();
+    }
+    let mut queues: Vec<_> = queues.into_values().collect();
+    let mut heads: BinaryHeap<Reverse<(i64, usize)>> = queues
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| q.front().map(|m| Reverse((m.timestamp().to_millis().unwrap_or(0), i))))
+        .collect();
+    let mut out = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
+    while let Some(Reverse((_, i))) = heads.pop() {
+        let m = queues[i].pop_front().expect("a queue in the heap has a head");
+        out.push(m);
+        if let Some(next) = queues[i].front() {
+            heads.push(Reverse((next.timestamp().to_millis().unwrap_or(0), i)));
+        }
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! A task: one partition of the repartition topic, the rooms that hash to it, and their
+//! state in a RocksDB instance of its own (as a Kafka Streams task owns its stores).
+//!
+//! Besides the engine's state the task's store keeps, in the same atomic batch:
+//! - `_o`: the next repartition offset to read, so that a restart resumes exactly where the
+//!   local state is, whatever Kafka's committed offset says;
+//! - `_s<topic><partition>`: the last input offset applied from each source partition, so
+//!   that records the router sent twice (at-least-once routing) are applied once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::kafka::envelope::{self, EnvelopeError, Routed};
+use crate::receipts::{Engine, EngineConfig, EngineError, Event, Millis, Outcomes, ReceiptComplete};
+use crate::store::rocks::{RocksOptions, RocksStore};
+use crate::store::{KvStore, StoreError, Write};
+
+const KEY_OFFSET: &[u8] = b"_o";
+const PREFIX_SOURCE: &[u8] = b"_s";
+
+type SourceKey = (Arc<str>, i32);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+pub struct Task {
+    pub partition: i32,
+    dir: PathBuf,
+    engine: Engine<RocksStore>,
+    next_offset: Option<i64>,
+    sources: HashMap<SourceKey, i64>,
+    dirty_sources: HashSet<SourceKey>,
+    uncommitted: bool,
+    /// Outcome counts of engines this task replaced (rewinds), so totals survive them.
+    carried: Outcomes,
+    pub skipped_duplicates: u64,
+}
+
+/// What one routed record did.
+pub struct Applied {
+    pub event: Event,
+    pub source_timestamp: Millis,
+    pub receipts: Vec<ReceiptComplete>,
+}
+
+fn source_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = PREFIX_SOURCE.to_vec();
+    key.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    key.extend_from_slice(topic.as_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn i64_value(key: &[u8], v: &[u8]) -> Result<i64, StoreError> {
+    Ok(i64::from_be_bytes(v.try_into().map_err(|_| StoreError::corrupt(key, "offset is not 8 bytes"))?))
+}
+
+impl Task {
+    pub fn open(partition: i32, dir: PathBuf, config: EngineConfig, rocks: &RocksOptions) -> Result<Task, StoreError> {
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Engine(format!("creating {}: {e}", dir.display())))?;
+        let store = RocksStore::open(&dir, rocks)?;
+        Self::on_store(partition, dir, store, config)
+    }
+
+    fn on_store(partition: i32, dir: PathBuf, store: RocksStore, config: EngineConfig) -> Result<Task, StoreError> {
+        let next_offset = match store.get(KEY_OFFSET)? {
+            Some(v) => Some(i64_value(KEY_OFFSET, &v)?),
+            None => None,
+        };
+        let mut sources = HashMap::new();
+        let mut failure = None;
+        store.scan_prefix(PREFIX_SOURCE, &mut |k, v| {
+            let parsed = (|| {
+                let len = u16::from_be_bytes(k.get(2..4)?.try_into().ok()?) as usize;
+                let topic = std::str::from_utf8(k.get(4..4 + len)?).ok()?;
+                let partition = i32::from_be_bytes(k.get(4 + len..8 + len)?.try_into().ok()?);
+                Some((Arc::<str>::from(topic), partition))
+            })();
+            match (parsed, i64_value(k, v)) {
+                (Some(key), Ok(offset)) => {
+                    sources.insert(key, offset);
+                    true
+                }
+                (None, _) => {
+                    failure = Some(StoreError::corrupt(k, "malformed source key"));
+                    false
+                }
+                (_, Err(e)) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(Task {
+            partition,
+            dir,
+            engine: Engine::new(store, config),
+            next_offset,
+            sources,
+            dirty_sources: HashSet::new(),
+            uncommitted: false,
+            carried: Outcomes::default(),
+            skipped_duplicates: 0,
+        })
+    }
+
+    /// The repartition offset the committed local state reflects: where to resume.
+    pub fn committed_offset(&self) -> Option<i64> {
+        self.next_offset_committed()
+    }
+
+    fn next_offset_committed(&self) -> Option<i64> {
+        match self.engine.store().get(KEY_OFFSET) {
+            Ok(Some(v)) => i64_value(KEY_OFFSET, &v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Applies the repartition record at `offset`. A record whose source position was
+    /// applied before is skipped (counted in `skipped_duplicates`).
+    pub fn process(&mut self, offset: i64, payload: &[u8], now: Millis) -> Result<Option<Applied>, TaskError> {
+        self.next_offset = Some(offset + 1);
+        self.uncommitted = true;
+        let Routed { source, event } = envelope::decode(payload)?;
+        let key: SourceKey = (Arc::from(source.topic.as_str()), source.partition);
+        if self.sources.get(&key).is_some_and(|&applied| source.offset <= applied) {
+            self.skipped_duplicates += 1;
+            return Ok(None);
+        }
+        self.engine.apply(&event, now)?;
+        self.sources.insert(key.clone(), source.offset);
+        self.dirty_sources.insert(key);
+        Ok(Some(Applied { event, source_timestamp: source.timestamp, receipts: self.engine.take_emitted() }))
+    }
+
+    pub fn tick(&mut self, now: Millis) -> Result<(), EngineError> {
+        if self.engine.tick(now)? > 0 {
+            self.uncommitted = true;
+        }
+        Ok(())
+    }
+
+    /// Writes state, the next offset and the source positions in one atomic batch.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        if !self.uncommitted && !self.engine.has_uncommitted() {
+            return Ok(());
+        }
+        let mut extra: Vec<Write> = Vec::with_capacity(self.dirty_sources.len() + 1);
+        if let Some(o) = self.next_offset {
+            extra.push((KEY_OFFSET.to_vec(), Some(o.to_be_bytes().to_vec())));
+        }
+        for key in self.dirty_sources.drain() {
+            let offset = self.sources[&key];
+            extra.push((source_key(&key.0, key.1), Some(offset.to_be_bytes().to_vec())));
+        }
+        self.engine.commit(extra)?;
+        self.uncommitted = false;
+        Ok(())
+    }
+
+    /// Forgets everything not committed: the task is as it was after its last commit.
+    pub fn rewind(self) -> Result<Task, StoreError> {
+        let mut carried = self.carried;
+        carried.add(self.engine.outcomes());
+        let skipped = self.skipped_duplicates;
+        let config = self.engine.config().clone();
+        let mut task = Self::on_store(self.partition, self.dir, self.engine.into_store(), config)?;
+        task.carried = carried;
+        task.skipped_duplicates = skipped;
+        Ok(task)
+    }
+
+    /// Engine outcomes since the task was opened in this process.
+    pub fn outcomes(&self) -> Outcomes {
+        let mut o = self.carried;
+        o.add(self.engine.outcomes());
+        o
+    }
+
+    pub fn engine_mut(&mut self) -> &mut Engine<RocksStore> {
+        &mut self.engine
+    }
+}

@@ -1,0 +1,324 @@
+//! `allread run` against the real broker: the built binary, random topic names per test.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use allread::receipts::{EngineConfig, Event, ReadScope};
+use common::model::Model;
+use common::{Chat, Reader, Record, Setup};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn join(u: &str) -> Value {
+    json!({"type": "join", "user_id": u, "at": "2026-11-28T10:00:00Z"})
+}
+fn leave(u: &str) -> Value {
+    json!({"type": "leave", "user_id": u, "at": 1_795_860_000_000i64})
+}
+fn message(id: &str, from: &str) -> Value {
+    json!({"type": "message", "message_id": id, "sender_id": from, "sent_at": 1_795_860_000_000i64, "body": "secret"})
+}
+fn read(room: &str, u: &str, m: &str) -> Value {
+    json!({"room_id": room, "user_id": u, "message_id": m, "read_at": 1_795_860_001_000i64})
+}
+
+fn ids(records: &[Record]) -> Vec<String> {
+    records.iter().map(|r| r.json()["message_id"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+#[test]
+fn the_spec_worked_example_end_to_end() {
+    let s = Setup::new("example");
+    let room = s.room_topic("12345");
+    common::create_topic(&s.bootstrap, &room, 1);
+    let allread = s.start();
+    let chat = Chat::new(&s.bootstrap);
+    let out = Reader::new(&s.bootstrap, &s.output);
+
+    for u in ["alice", "bob", "carol"] {
+        chat.json(&room, "12345", &join(u));
+    }
+    chat.json(&room, "12345", &message("m1", "alice"));
+    chat.json(&room, "12345", &message("m2", "alice"));
+    chat.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    chat.json(&s.read_topic, "12345", &read("12345", "bob", "m2"));
+    chat.json(&s.read_topic, "12345", &read("12345", "carol", "m1"));
+    chat.flush();
+    let first = out.read(1, WAIT);
+    assert_eq!(ids(&first), ["m1"], "log: {}", allread.log_text());
+    let r = first[0].json();
+    assert_eq!(r["room_id"], "12345");
+    assert_eq!(r["sender_id"], "alice");
+    assert_eq!(r["seq"], 1);
+    assert_eq!(r["required_readers"], 2);
+    assert_eq!(r["sent_at"], "2026-11-28T10:00:00.000Z");
+    assert_eq!(first[0].key.as_deref(), Some("12345"));
+
+    chat.json(&room, "12345", &leave("carol"));
+    chat.json(&room, "12345", &join("dave"));
+    chat.flush();
+    let second = out.read(1, WAIT);
+    assert_eq!(ids(&second), ["m2"]);
+    assert!(out.read(1, Duration::from_secs(2)).is_empty(), "nothing more is complete");
+    assert!(!allread.log_text().contains("secret"), "a message body reached the log");
+}
+
+#[test]
+fn a_room_topic_created_after_start_is_picked_up() {
+    let s = Setup::new("newroom");
+    let allread = s.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let room = s.room_topic("late");
+    common::create_topic(&s.bootstrap, &room, 1);
+    let chat = Chat::new(&s.bootstrap);
+    for v in [join("a"), join("b"), message("m1", "a")] {
+        chat.json(&room, "late", &v);
+    }
+    chat.json(&s.read_topic, "late", &read("late", "b", "m1"));
+    chat.flush();
+    let out = Reader::new(&s.bootstrap, &s.output);
+    assert_eq!(ids(&out.read(1, WAIT)), ["m1"], "log: {}", allread.log_text());
+}
+
+#[test]
+fn early_reads_duplicates_and_non_member_reads() {
+    let s = Setup::new("early");
+    let room = s.room_topic("r");
+    common::create_topic(&s.bootstrap, &room, 1);
+    let _allread = s.start();
+    let chat = Chat::new(&s.bootstrap);
+    let out = Reader::new(&s.bootstrap, &s.output);
+
+    // bob's read arrives before the message it names, and eve is no member.
+    chat.json(&s.read_topic, "r", &read("r", "bob", "m1"));
+    chat.json(&s.read_topic, "r", &read("r", "eve", "m2"));
+    chat.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    for v in [join("alice"), join("bob"), message("m1", "alice"), message("m1", "alice"), message("m2", "alice")] {
+        chat.json(&room, "r", &v);
+    }
+    chat.flush();
+    assert_eq!(ids(&out.read(1, WAIT)), ["m1"], "the parked read completes m1, once");
+    assert!(
+        out.read(1, Duration::from_secs(3)).is_empty(),
+        "eve's read does not complete m2; the duplicate m1 emits nothing"
+    );
+    chat.json(&s.read_topic, "r", &read("r", "bob", "m2"));
+    chat.flush();
+    assert_eq!(ids(&out.read(1, WAIT)), ["m2"]);
+}
+
+#[test]
+fn undecodable_records_are_dead_lettered_with_headers_and_the_rest_completes() {
+    let s = Setup::new("dlq");
+    let room = s.room_topic("r");
+    common::create_topic(&s.bootstrap, &room, 1);
+    let _allread = s.start();
+    let chat = Chat::new(&s.bootstrap);
+    chat.json(&room, "r", &join("a"));
+    chat.send(&room, "r", "not json at all");
+    chat.json(&room, "r", &join("b"));
+    chat.send(&room, "r", r#"{"type":"typing","user_id":"a","at":1}"#);
+    chat.json(&room, "r", &json!({"type": "join", "room_id": "elsewhere", "user_id": "c", "at": 1}));
+    chat.json(&room, "r", &message("m1", "a"));
+    chat.send(&s.read_topic, "r", r#"{"room_id":"r","user_id":"b","message_id":"m1","read_at":1,"scope":"all"}"#);
+    chat.json(&s.read_topic, "r", &read("r", "b", "m1"));
+    chat.flush();
+
+    let out = Reader::new(&s.bootstrap, &s.output);
+    let done = out.read(1, WAIT);
+    assert_eq!(ids(&done), ["m1"]);
+    assert_eq!(done[0].json()["required_readers"], 1, "c's join in another room was rejected");
+
+    let dlq = Reader::new(&s.bootstrap, &s.dlq()).read(4, WAIT);
+    let mut by_kind: BTreeMap<String, Record> = BTreeMap::new();
+    for r in dlq {
+        by_kind.insert(r.header("allread.error.kind").unwrap().to_string(), r);
+    }
+    assert_eq!(
+        by_kind.keys().cloned().collect::<Vec<_>>(),
+        ["not_json", "room_mismatch", "unknown_scope", "unknown_type"]
+    );
+    let garbage = &by_kind["not_json"];
+    assert_eq!(garbage.payload, b"not json at all", "the record is dead-lettered unchanged");
+    assert_eq!(garbage.key.as_deref(), Some("r"));
+    assert_eq!(garbage.header("allread.source.topic"), Some(room.as_str()));
+    assert_eq!(garbage.header("allread.source.partition"), Some("0"));
+    assert_eq!(garbage.header("allread.source.offset"), Some("1"));
+    assert!(garbage.header("allread.error.message").unwrap().contains("not JSON"));
+    assert_eq!(by_kind["unknown_scope"].header("allread.source.topic"), Some(s.read_topic.as_str()));
+}
+
+/// A generated chat: all room events first (joins, messages, some duplicates), then reads,
+/// so that the receipts it must give do not depend on how room and read topics interleave.
+struct Workload {
+    room_events: Vec<(String, Value)>,
+    reads: Vec<(String, Value)>,
+    expected: BTreeSet<(String, String, u64, u64)>,
+}
+
+fn workload(rooms: usize, messages: usize, seed: u64) -> Workload {
+    let mut x = seed;
+    let mut rnd = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let mut room_events = Vec::new();
+    let mut reads = Vec::new();
+    let mut events = Vec::new();
+    let mut late_events = Vec::new();
+    let mut members: Vec<Vec<String>> = vec![Vec::new(); rooms];
+    for (r, m) in members.iter_mut().enumerate() {
+        for u in 0..2 + rnd(5) {
+            m.push(format!("u{u}"));
+            room_events.push((format!("room{r}"), join(&format!("u{u}"))));
+            events.push(Event::Join { room_id: format!("room{r}").into(), user_id: format!("u{u}").into(), at: 0 });
+        }
+    }
+    for i in 0..messages {
+        let r = rnd(rooms);
+        let room = format!("room{r}");
+        let sender = members[r][rnd(members[r].len())].clone();
+        let id = format!("m{}", if i > 5 && rnd(20) == 0 { i - 3 } else { i }); // some duplicates
+        room_events.push((room.clone(), message(&id, &sender)));
+        events.push(Event::Message {
+            room_id: room.as_str().into(),
+            message_id: id.as_str().into(),
+            sender_id: sender.as_str().into(),
+            sent_at: 1_795_860_000_000,
+        });
+        for u in members[r].clone() {
+            if u != sender && rnd(4) != 0 {
+                let one = rnd(8) == 0;
+                let mut v = read(&room, &u, &id);
+                if one {
+                    v["scope"] = "message".into();
+                }
+                reads.push((room.clone(), v));
+                late_events.push(Event::Read {
+                    room_id: room.as_str().into(),
+                    user_id: u.as_str().into(),
+                    message_id: id.as_str().into(),
+                    read_at: 0,
+                    scope: if one { ReadScope::Message } else { ReadScope::UpTo },
+                });
+            }
+        }
+        if rnd(10) == 0 {
+            reads.push((room.clone(), read(&room, "stranger", &id)));
+            late_events.push(Event::Read {
+                room_id: room.as_str().into(),
+                user_id: "stranger".into(),
+                message_id: id.as_str().into(),
+                read_at: 0,
+                scope: ReadScope::UpTo,
+            });
+        }
+    }
+    let mut model = Model::new(EngineConfig::default());
+    for e in events.iter().chain(&late_events) {
+        model.apply(e, 0);
+    }
+    let expected = model
+        .out
+        .iter()
+        .map(|r| (r.room_id.to_string(), r.message_id.to_string(), r.seq, r.required_readers as u64))
+        .collect();
+    Workload { room_events, reads, expected }
+}
+
+fn receipt_set(records: &[Record]) -> (BTreeSet<(String, String, u64, u64)>, usize) {
+    let mut set = BTreeSet::new();
+    for r in records {
+        let v = r.json();
+        set.insert((
+            v["room_id"].as_str().unwrap().to_string(),
+            v["message_id"].as_str().unwrap().to_string(),
+            v["seq"].as_u64().unwrap(),
+            v["required_readers"].as_u64().unwrap(),
+        ));
+    }
+    (set, records.len())
+}
+
+fn produce_room_events(s: &Setup, chat: &Chat, w: &Workload, rooms: usize) {
+    for r in 0..rooms {
+        common::create_topic(&s.bootstrap, &s.room_topic(&format!("room{r}")), 1);
+    }
+    for (room, v) in &w.room_events {
+        chat.json(&s.room_topic(room), room, v);
+    }
+    chat.flush();
+}
+
+#[test]
+fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
+    let s = Setup::new("bulk");
+    let rooms = 12;
+    let w = workload(rooms, 1_000, 7);
+    let chat = Chat::new(&s.bootstrap);
+    produce_room_events(&s, &chat, &w, rooms);
+    let _allread = s.start();
+    std::thread::sleep(Duration::from_secs(1));
+    for (room, v) in &w.reads {
+        chat.json(&s.read_topic, room, v);
+    }
+    chat.flush();
+    assert!(w.room_events.len() + w.reads.len() > 2_000, "a few thousand events");
+    let out = Reader::new(&s.bootstrap, &s.output);
+    let mut got = out.read(w.expected.len(), WAIT);
+    got.extend(out.drain(Duration::from_secs(3)));
+    let (set, count) = receipt_set(&got);
+    assert_eq!(count, set.len(), "no receipt twice");
+    assert_eq!(set, w.expected);
+}
+
+#[test]
+fn sigterm_mid_stream_and_a_restart_lose_no_receipt() {
+    let s = Setup::new("sigterm");
+    let rooms = 8;
+    let w = workload(rooms, 400, 11);
+    let chat = Chat::new(&s.bootstrap);
+    produce_room_events(&s, &chat, &w, rooms);
+    let mut allread = s.start();
+    let chunks: Vec<_> = w.reads.chunks(w.reads.len() / 4 + 1).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        for (room, v) in chunk.iter() {
+            chat.json(&s.read_topic, room, v);
+        }
+        chat.flush();
+        if i < chunks.len() - 1 {
+            std::thread::sleep(Duration::from_millis(1500));
+            let status = allread.terminate(Duration::from_secs(30));
+            assert!(status.success(), "exit status after SIGTERM: {status:?}");
+            allread = s.start();
+        }
+    }
+    let out = Reader::new(&s.bootstrap, &s.output);
+    let mut got = out.read(w.expected.len(), WAIT);
+    got.extend(out.drain(Duration::from_secs(3)));
+    let (set, count) = receipt_set(&got);
+    assert_eq!(set, w.expected, "log: {}", allread.log_text());
+    assert_eq!(count, set.len(), "a clean stop commits everything: no receipt twice");
+}
+
+#[test]
+fn an_existing_repartition_topic_with_another_partition_count_is_refused() {
+    let s = Setup::new("mismatch");
+    common::create_topic(&s.bootstrap, &format!("{}-events-repartition", s.app), 3);
+    let config = s.config("");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_allread"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has 3 partitions but allread needs 4"), "{stderr}");
+}
