@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench engine                 # all cases, 10M members each
 //!     cargo bench --bench engine -- --members 1000000 --events 1000000 a
+//!     cargo bench --bench engine -- --cache-entries 12000000 b   # engine cache holding all state
 //!
 //! Cases: (a) rooms of 10 members, 1 message to 9 reads; (b) rooms of 1,000 members;
 //! (c) one room of 10,000 members taking all traffic, beside 10M members of other rooms.
@@ -16,6 +17,9 @@ use std::time::Instant;
 
 use allread::receipts::{Engine, EngineConfig, Event, Id, ReadScope};
 use allread::store::rocks::{RocksOptions, RocksStore};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const COMMIT_EVERY: usize = 10_000;
 const TICK_EVERY: usize = 100_000;
@@ -58,10 +62,29 @@ struct Case {
     hot_rooms: u64,
 }
 
+/// The engine's in-memory room cache, in state entries (`--cache-entries`, default: the
+/// engine's default).
+static CACHE_ENTRIES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 fn open(path: &Path) -> Engine<RocksStore> {
+    // A 64 MiB block cache: the state (hundreds of MB) is well beyond it.
     let opts = RocksOptions::default().with_shared_cache(64 << 20);
     let store = RocksStore::open(path, &opts).expect("open RocksDB");
-    Engine::new(store, EngineConfig::default())
+    let mut config = EngineConfig::default();
+    if let Some(&n) = CACHE_ENTRIES.get() {
+        config.cache_entries = n;
+    }
+    Engine::new(store, config)
+}
+
+/// Resident memory of this process now, in MB.
+fn current_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn drive(engine: &mut Engine<RocksStore>, events: &[Event], now: &mut i64) -> (f64, f64) {
@@ -162,9 +185,14 @@ fn run(case: &Case, events: usize, workdir: &Path) {
         o.receipt_emitted,
         o.message_applied - o.receipt_emitted - o.trivial_suppressed - o.pending_expired,
     );
+    let rss = current_rss_mb();
     let store = engine.into_store();
     let keys = store.property_int("rocksdb.estimate-num-keys").unwrap_or(0);
-    println!("{:<28} state: ~{keys} keys, {:.1} MB on disk (SST + WAL)", case.name, dir_bytes(&path) as f64 / 1e6);
+    println!(
+        "{:<28} state: ~{keys} keys, {:.1} MB on disk (SST + WAL); process RSS {rss:.0} MB with {entries_cached} entries cached",
+        case.name,
+        dir_bytes(&path) as f64 / 1e6
+    );
     drop(store);
     let _ = std::fs::remove_dir_all(&path);
 }
@@ -235,6 +263,11 @@ fn main() {
     };
     let members = flag("--members", 10_000_000);
     let events = flag("--events", 5_000_000) as usize;
+    if let Some(n) =
+        args.iter().position(|a| a == "--cache-entries").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+    {
+        CACHE_ENTRIES.set(n).unwrap();
+    }
     let wanted: Vec<&str> =
         args.iter().map(String::as_str).filter(|a| matches!(*a, "a" | "b" | "c" | "footprint")).collect();
     let want = |c: &str| wanted.is_empty() || wanted.contains(&c);
@@ -242,7 +275,11 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("allread-bench"));
     std::fs::create_dir_all(&workdir).unwrap();
-    println!("allread engine benchmark: {members} members per case, {events} events, state in {}", workdir.display());
+    println!(
+        "allread engine benchmark: {members} members per case, {events} events, engine cache {} entries, state in {}",
+        CACHE_ENTRIES.get().copied().unwrap_or(EngineConfig::default().cache_entries),
+        workdir.display()
+    );
     if want("a") {
         run(
             &Case { name: "(a) rooms of 10", rooms: members / 10, room_size: 10, hot_rooms: members / 10 },

@@ -19,6 +19,9 @@ use allread::runtime::{self, Hooks};
 use allread::store::memory::MemoryStore;
 use allread::store::rocks::{RocksOptions, RocksStore};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "allread", version, about = "Read receipts for chat systems on Apache Kafka")]
 struct Cli {

@@ -87,6 +87,8 @@ pub struct Processor {
     pub(crate) tasks: BTreeMap<i32, Task>,
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: HashMap<(String, i32), i64>,
+    /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
+    kafka_committed: HashMap<i32, i64>,
     pub stats: Stats,
     /// Engine outcomes of tasks this process no longer has.
     closed_outcomes: Outcomes,
@@ -130,6 +132,7 @@ impl Processor {
             rocks,
             tasks: BTreeMap::new(),
             routed: HashMap::new(),
+            kafka_committed: HashMap::new(),
             stats: Stats::default(),
             closed_outcomes: Outcomes::default(),
             last_commit: Instant::now(),
@@ -293,10 +296,14 @@ impl Processor {
         for ((topic, partition), offset) in &self.routed {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(RuntimeError::Produce)?;
         }
+        let mut tasks_committed = Vec::new();
         for (partition, task) in &self.tasks {
             if let Some(offset) = task.committed_offset() {
-                tpl.add_partition_offset(&self.repartition, *partition, Offset::Offset(offset))
-                    .map_err(RuntimeError::Produce)?;
+                if self.kafka_committed.get(partition) != Some(&offset) {
+                    tpl.add_partition_offset(&self.repartition, *partition, Offset::Offset(offset))
+                        .map_err(RuntimeError::Produce)?;
+                    tasks_committed.push((*partition, offset));
+                }
             }
         }
         if tpl.count() > 0 {
@@ -306,6 +313,7 @@ impl Processor {
                 warn!(error = %e, "committing consumer offsets failed; retrying at the next commit");
             } else {
                 self.routed.clear();
+                self.kafka_committed.extend(tasks_committed);
             }
         }
         self.stats.commits += 1;
@@ -365,9 +373,11 @@ impl Processor {
             let dir = self.cfg.task_dir(partition);
             match Task::open(partition, dir.clone(), self.cfg.engine.clone(), &self.rocks) {
                 Ok(task) => {
-                    if let Some(offset) = task.committed_offset() {
-                        let _ = tpl.set_partition_offset(&self.repartition, partition, Offset::Offset(offset));
-                    }
+                    // Resume where the local state is. Without local state, rebuild it from
+                    // everything the repartition topic still holds rather than from Kafka's
+                    // committed offset, which would skip the rooms' history.
+                    let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
+                    let _ = tpl.set_partition_offset(&self.repartition, partition, offset);
                     info!(task = partition, state = %dir.display(), resume_at = ?task.committed_offset(), "task assigned");
                     self.tasks.insert(partition, task);
                 }
@@ -388,6 +398,7 @@ impl Processor {
         }
         for elem in tpl.elements() {
             if self.is_repartition(elem.topic()) {
+                self.kafka_committed.remove(&elem.partition());
                 if let Some(task) = self.tasks.remove(&elem.partition()) {
                     self.closed_outcomes.add(&task.outcomes());
                     info!(task = elem.partition(), lost, "task revoked");

@@ -1,0 +1,12 @@
+//! The README's configuration reference is the code's: parsing it gives exactly the defaults.
+
+use allread::config::Config;
+
+#[test]
+fn readme_configuration_reference_matches_the_defaults() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("### Configuration").nth(1).expect("README has a Configuration section");
+    let block = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+    let documented = Config::from_toml(block).unwrap_or_else(|e| panic!("README's configuration does not parse: {e}"));
+    assert_eq!(documented, Config::default(), "README's configuration reference drifted from the code's defaults");
+}
