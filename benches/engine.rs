@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use allread::receipts::{Engine, EngineConfig, Event, Id, ReadScope};
-use allread::store::rocks::{RocksOptions, RocksStore};
+use allread::store::rocks::RocksStore;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -68,7 +68,7 @@ static CACHE_ENTRIES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn open(path: &Path) -> Engine<RocksStore> {
     // A 64 MiB block cache: the state (hundreds of MB) is well beyond it.
-    let opts = RocksOptions::default().with_shared_cache(64 << 20);
+    let opts = allread::runtime::engine_rocks_options(64 << 20);
     let store = RocksStore::open(path, &opts).expect("open RocksDB");
     let mut config = EngineConfig::default();
     if let Some(&n) = CACHE_ENTRIES.get() {

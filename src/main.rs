@@ -142,9 +142,9 @@ fn main() -> anyhow::Result<()> {
             run_until_signal(cfg)
         }
         Command::Demo { bootstrap, seconds, seed } => {
-            // The demo prints receipts on stdout; keep logs to warnings unless asked.
+            // The demo narrates on stdout; keep logs to errors unless RUST_LOG asks for more.
             if std::env::var_os("RUST_LOG").is_none() {
-                std::env::set_var("RUST_LOG", "warn");
+                std::env::set_var("RUST_LOG", "error");
             }
             init_logs(cli.log_format);
             run_demo(DemoOptions { bootstrap, seconds, seed })

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use allread::receipts::{Engine, EngineConfig, Event, Id, Millis, Outcomes, ReadScope, ReceiptComplete};
 use allread::store::memory::MemoryStore;
-use allread::store::rocks::{RocksOptions, RocksStore};
+use allread::store::rocks::RocksStore;
 use allread::store::KvStore;
 use common::model::Model;
 use proptest::prelude::*;
@@ -184,7 +184,8 @@ proptest! {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        let opts = RocksOptions::default();
+        // The production settings, room prefix scans included.
+        let opts = allread::runtime::engine_rocks_options(8 << 20);
         let rocks = run_engine(&actions, Engine::new(RocksStore::open(&path, &opts).unwrap(), config.clone()), &mut |e| {
             let c = e.config().clone();
             drop(e.into_store());

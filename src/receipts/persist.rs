@@ -121,6 +121,19 @@ fn push_room(key: &mut Vec<u8>, room: &str) {
     key.extend_from_slice(room.as_bytes());
 }
 
+/// Names the [`room_prefix_len`] scheme where a store records it (RocksDB's prefix extractor).
+pub const ROOM_PREFIX_SCHEME: &str = "allread.room-prefix.v1";
+
+/// The length of the room prefix of `key` (`r`, length, room), if it is a room key: what a
+/// store may use to group a room's keys (see `RocksOptions::key_prefix`).
+pub fn room_prefix_len(key: &[u8]) -> Option<usize> {
+    if key.first() != Some(&TAG_ROOM) || key.len() < 3 {
+        return None;
+    }
+    let len = 3 + u16::from_be_bytes([key[1], key[2]]) as usize;
+    (key.len() >= len).then_some(len)
+}
+
 pub fn room_prefix(room: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(room.len() + 16);
     key.push(TAG_ROOM);

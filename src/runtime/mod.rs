@@ -34,8 +34,9 @@ use self::processor::{DeliveryContext, Processor};
 use crate::config::{Config, ConfigError};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::{base_client_config, with_passthrough};
+use crate::receipts::persist;
 use crate::receipts::{EngineError, Outcomes, ReceiptComplete};
-use crate::store::rocks::RocksOptions;
+use crate::store::rocks::{KeyPrefix, RocksOptions};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +103,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     .create_with_context(DeliveryContext::default())
     .map_err(RuntimeError::Client)?;
 
-    let rocks = RocksOptions::default().with_shared_cache(256 << 20);
+    let rocks = engine_rocks_options(256 << 20);
     let mut processor = Processor::new(cfg.clone(), producer, rocks);
     processor.on_receipt = hooks.on_receipt;
     let processor = Arc::new(Mutex::new(processor));
@@ -153,6 +154,14 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
         "allread stopped"
     );
     result.map(|()| report)
+}
+
+/// RocksDB settings for the engine's stores: a block cache of `block_cache_bytes` shared by
+/// every task, and the room as the key prefix (one room load is one prefix scan).
+pub fn engine_rocks_options(block_cache_bytes: usize) -> RocksOptions {
+    let mut opts = RocksOptions::default().with_shared_cache(block_cache_bytes);
+    opts.key_prefix = Some(KeyPrefix { name: persist::ROOM_PREFIX_SCHEME, prefix_len: persist::room_prefix_len });
+    opts
 }
 
 fn lock(p: &Mutex<Processor>) -> std::sync::MutexGuard<'_, Processor> {

@@ -8,9 +8,20 @@ use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, 
 
 use super::{KvStore, StoreError, WriteBatch};
 
+/// How to find the "group" prefix of a key (for the engine: the room), so that RocksDB can
+/// keep prefix bloom filters and a prefix scan skips files that hold nothing of the group.
+/// `None` from `prefix_len`: the key belongs to no group.
+#[derive(Clone, Copy)]
+pub struct KeyPrefix {
+    /// Stored in every SST file; change it when `prefix_len` changes meaning.
+    pub name: &'static str,
+    pub prefix_len: fn(&[u8]) -> Option<usize>,
+}
+
 /// Tuning shared by every task's store.
 #[derive(Clone)]
 pub struct RocksOptions {
+    pub key_prefix: Option<KeyPrefix>,
     /// A block cache shared by all stores of the process (`None`: RocksDB's default 32 MiB
     /// per instance).
     pub block_cache: Option<Cache>,
@@ -22,7 +33,7 @@ pub struct RocksOptions {
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { block_cache: None, write_buffer_bytes: 64 << 20, sync_writes: false }
+        Self { key_prefix: None, block_cache: None, write_buffer_bytes: 64 << 20, sync_writes: false }
     }
 }
 
@@ -36,6 +47,7 @@ impl RocksOptions {
 
 pub struct RocksStore {
     db: DB,
+    key_prefix: Option<KeyPrefix>,
     path: PathBuf,
     sync_writes: bool,
 }
@@ -72,8 +84,12 @@ impl RocksStore {
             table.set_block_cache(cache);
         }
         opts.set_block_based_table_factory(&table);
+        if let Some(kp) = tuning.key_prefix {
+            opts.set_prefix_extractor(prefix_transform(kp));
+            opts.set_memtable_prefix_bloom_ratio(0.1);
+        }
         let db = DB::open(&opts, &path).map_err(engine_err)?;
-        Ok(Self { db, path, sync_writes: tuning.sync_writes })
+        Ok(Self { db, key_prefix: tuning.key_prefix, path, sync_writes: tuning.sync_writes })
     }
 
     pub fn path(&self) -> &Path {
@@ -120,6 +136,25 @@ impl KvStore for RocksStore {
         Ok(())
     }
 
+    fn scan_prefix(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        // A scan of exactly one group may use the prefix bloom filters.
+        let whole_group = self.key_prefix.is_some_and(|kp| (kp.prefix_len)(prefix) == Some(prefix.len()));
+        let mut ro = rocksdb::ReadOptions::default();
+        if whole_group {
+            ro.set_prefix_same_as_start(true);
+        }
+        if let Some(end) = super::prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        for item in self.db.iterator_opt(IteratorMode::From(prefix, Direction::Forward), ro) {
+            let (k, v) = item.map_err(engine_err)?;
+            if !k.starts_with(prefix) || !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
         let mut wb = rocksdb::WriteBatch::default();
         for (key, value) in &batch.writes {
@@ -132,4 +167,21 @@ impl KvStore for RocksStore {
         wo.set_sync(self.sync_writes);
         self.db.write_opt(wb, &wo).map_err(engine_err)
     }
+}
+
+/// RocksDB wants plain function pointers; one key-prefix scheme per process is all allread
+/// has, so it is kept in a static.
+static KEY_PREFIX: std::sync::OnceLock<KeyPrefix> = std::sync::OnceLock::new();
+
+fn prefix_transform(kp: KeyPrefix) -> rocksdb::SliceTransform {
+    let stored = KEY_PREFIX.get_or_init(|| kp);
+    assert_eq!(stored.name, kp.name, "one key-prefix scheme per process");
+    fn transform(key: &[u8]) -> &[u8] {
+        let len = KEY_PREFIX.get().and_then(|kp| (kp.prefix_len)(key)).unwrap_or(key.len());
+        &key[..len]
+    }
+    fn in_domain(key: &[u8]) -> bool {
+        KEY_PREFIX.get().and_then(|kp| (kp.prefix_len)(key)).is_some()
+    }
+    rocksdb::SliceTransform::create(kp.name, transform, Some(in_domain))
 }
