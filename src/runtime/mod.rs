@@ -230,7 +230,11 @@ fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), R
     loop {
         match admin::ensure_topics(&client, &specs) {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_retriable() && !shutdown.load(Ordering::Relaxed) => {
+            Err(e) if e.is_retriable() && shutdown.load(Ordering::Relaxed) => {
+                info!(error = %e, "stopping before Kafka was reachable");
+                return Ok(());
+            }
+            Err(e) if e.is_retriable() => {
                 warn!(error = %e, retry_in = ?backoff, "Kafka not ready; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
