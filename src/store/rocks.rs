@@ -165,6 +165,7 @@ impl KvStore for RocksStore {
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(self.sync_writes);
+        wo.set_memtable_insert_hint_per_batch(true);
         self.db.write_opt(wb, &wo).map_err(engine_err)
     }
 }
