@@ -20,6 +20,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub topics: Topics,
     pub processing: Processing,
+    pub http: Http,
     pub engine: EngineConfig,
     /// librdkafka properties passed to every client (consumer, producer, admin) unchanged,
     /// e.g. `"security.protocol" = "SASL_SSL"`. They override allread's own choices.
@@ -49,6 +50,20 @@ pub struct Topics {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Where `/metrics`, `/healthz`, `/readyz` and the state queries are served
+    /// (`host:port`; port 0 picks a free one, logged at start).
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:9464".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Processing {
     /// How often state, offsets and output are committed together.
     pub commit_interval_ms: u64,
@@ -72,6 +87,7 @@ impl Default for Config {
             state_dir: PathBuf::from("allread-state"),
             topics: Topics::default(),
             processing: Processing::default(),
+            http: Http::default(),
             engine: EngineConfig::default(),
             kafka: BTreeMap::new(),
         }
@@ -179,6 +195,9 @@ impl Config {
         }
         if self.processing.max_poll_records == 0 {
             return invalid("processing.max_poll_records", "must be positive");
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("http.listen", "must be an IP address and port, such as 0.0.0.0:9464");
         }
         if self.processing.max_id_bytes == 0 || self.processing.max_id_bytes > 1024 {
             return invalid("processing.max_id_bytes", "must be between 1 and 1024");

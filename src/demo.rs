@@ -204,6 +204,7 @@ pub fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
                 receipts.lock().unwrap().push(r.clone());
             }
         })),
+        ..Hooks::default()
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let processor = {

@@ -17,8 +17,10 @@
 //! - [`kafka`]: Kafka adapters: topic administration, the room partitioner (Kafka's
 //!   murmur2), the repartition record format.
 //! - [`config`]: the typed settings, from TOML and flags.
+//! - [`metrics`]: every Prometheus metric, registered in one place.
 //! - [`runtime`]: the stream processor (`allread run`): routing to the repartition topic,
 //!   one task per partition with its own RocksDB, at-least-once commits, dead letters.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the state queries.
 //! - [`demo`]: `allread demo`, the processor on an embedded broker with a simulated chat.
 //!
 //! The binary (`src/main.rs`) is a thin `clap` front end over these.
@@ -26,7 +28,9 @@
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod receipts;
 pub mod replay;
 pub mod runtime;

@@ -13,9 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use allread::codec::{encode_receipt, DecodeLimits};
 use allread::config::Config;
 use allread::demo::{run_demo, DemoOptions};
+use allread::metrics::Metrics;
 use allread::receipts::{Engine, EngineConfig};
 use allread::replay::{replay, ReplaySummary, TopicNames};
-use allread::runtime::{self, Hooks};
+use allread::runtime::{self, Handle, Hooks};
 use allread::store::memory::MemoryStore;
 use allread::store::rocks::{RocksOptions, RocksStore};
 
@@ -182,20 +183,31 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs the processor on its own thread until SIGTERM or SIGINT, then gives it
-/// `shutdown_timeout_ms` to commit and leave the group.
+/// Runs the processor on its own thread and the HTTP server on this one, until SIGTERM or
+/// SIGINT; then gives the processor `shutdown_timeout_ms` to commit and leave the group.
 fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let grace = Duration::from_millis(cfg.processing.shutdown_timeout_ms);
+    let metrics = Arc::new(Metrics::new());
+    let handle = Arc::new(Handle::default());
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = signals
+        .block_on(tokio::net::TcpListener::bind(&cfg.http.listen))
+        .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz and queries");
+    let app = allread::http::router(metrics.clone(), handle.clone());
     let worker = {
         let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name("allread".into())
-            .spawn(move || runtime::run(cfg, shutdown, Hooks::default()))?
+        let hooks = Hooks { handle: Some(handle), metrics: Some(metrics), ..Hooks::default() };
+        std::thread::Builder::new().name("allread".into()).spawn(move || runtime::run(cfg, shutdown, hooks))?
     };
-    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let finished = signals.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let worker_done = async {

@@ -58,6 +58,31 @@ fn the_spec_worked_example_end_to_end() {
     assert_eq!(r["sent_at"], "2026-11-28T10:00:00.000Z");
     assert_eq!(first[0].key.as_deref(), Some("12345"));
 
+    // Mid-stream, the state queries answer from the task that owns the room.
+    let port = s.http_port;
+    let (status, ready) = common::http_json(port, "/readyz");
+    assert_eq!((status, &ready["ready"]), (200, &json!(true)));
+    let (status, view) = common::http_json(port, "/rooms/12345");
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["last_seq"], 2);
+    assert_eq!(view["frontier"], 1);
+    assert_eq!(view["pending_count"], 1);
+    assert_eq!(view["oldest_pending"]["message_id"], "m2");
+    assert_eq!(
+        view["members"],
+        json!([{"user_id": "carol", "read_position": 1}, {"user_id": "alice", "read_position": 2}, {"user_id": "bob", "read_position": 2}])
+    );
+    let (_, m2) = common::http_json(port, "/rooms/12345/messages/m2");
+    assert_eq!((&m2["status"], &m2["required_readers"]), (&json!("pending"), &json!(2)));
+    assert_eq!((&m2["readers"], &m2["missing"]), (&json!(["alice", "bob"]), &json!(["carol"])));
+    let (_, m1) = common::http_json(port, "/rooms/12345/messages/m1");
+    assert_eq!(m1["status"], "complete");
+    let (_, carol) = common::http_json(port, "/rooms/12345/users/carol");
+    assert_eq!((&carol["read_position"], &carol["unread"]), (&json!(1), &json!(1)));
+    assert_eq!(common::http_json(port, "/rooms/12345/messages/nope").0, 404);
+    assert_eq!(common::http_json(port, "/rooms/elsewhere").0, 404);
+    assert_eq!(common::http_json(port, "/no/such/path").0, 404);
+
     chat.json(&room, "12345", &leave("carol"));
     chat.json(&room, "12345", &join("dave"));
     chat.flush();
@@ -65,6 +90,35 @@ fn the_spec_worked_example_end_to_end() {
     assert_eq!(ids(&second), ["m2"]);
     assert!(out.read(1, Duration::from_secs(2)).is_empty(), "nothing more is complete");
     assert!(!allread.log_text().contains("secret"), "a message body reached the log");
+
+    // After: the counters match what was sent (engine outcomes are exported at commit).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (_, text) = common::http_get(port, "/metrics").unwrap();
+        if common::metric(&text, r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#) == Some(2.0)
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (series, value) in [
+        (r#"allread_input_records_total{source="room"}"#, 7.0),
+        (r#"allread_input_records_total{source="read"}"#, 2.0),
+        ("allread_receipts_emitted_total", 2.0),
+        (r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#, 2.0),
+        (r#"allread_engine_outcomes_total{outcome="join_applied"}"#, 4.0),
+        (r#"allread_engine_outcomes_total{outcome="leave_applied"}"#, 1.0),
+        (r#"allread_engine_outcomes_total{outcome="message_applied"}"#, 2.0),
+        (r#"allread_engine_outcomes_total{outcome="read_applied"}"#, 2.0),
+        ("allread_dead_lettered_records_total", 0.0),
+        ("allread_message_to_receipt_seconds_count", 2.0),
+        ("allread_tasks", 4.0),
+    ] {
+        assert_eq!(common::metric(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(!text.contains("12345"), "a room id became a metric label");
+    assert!(common::metric(&text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
 }
 
 #[test]
@@ -133,6 +187,10 @@ fn undecodable_records_are_dead_lettered_with_headers_and_the_rest_completes() {
     let done = out.read(1, WAIT);
     assert_eq!(ids(&done), ["m1"]);
     assert_eq!(done[0].json()["required_readers"], 1, "c's join in another room was rejected");
+
+    let (_, metrics) = common::http_get(s.http_port, "/metrics").unwrap();
+    assert_eq!(common::metric(&metrics, "allread_dead_lettered_records_total"), Some(4.0));
+    assert_eq!(common::metric(&metrics, r#"allread_decode_failures_total{kind="not_json"}"#), Some(1.0));
 
     let dlq = Reader::new(&s.bootstrap, &s.dlq()).read(4, WAIT);
     let mut by_kind: BTreeMap<String, Record> = BTreeMap::new();

@@ -135,6 +135,11 @@ impl<S: KvStore> Engine<S> {
         (self.rooms.len(), self.cached_entries)
     }
 
+    /// Pending messages of the rooms held in memory.
+    pub fn cached_pending(&self) -> usize {
+        self.rooms.values().map(|r| r.pending.len()).sum()
+    }
+
     /// Applies one event at processing time `now`.
     pub fn apply(&mut self, event: &Event, now: Millis) -> Result<(), EngineError> {
         if self.poisoned {

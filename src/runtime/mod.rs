@@ -19,7 +19,7 @@ mod processor;
 pub mod task;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -33,10 +33,12 @@ use self::context::RuntimeContext;
 use self::processor::{DeliveryContext, Processor};
 use crate::config::{Config, ConfigError};
 use crate::kafka::admin::{self, AdminError};
+use crate::kafka::partitioner::partition_for;
 use crate::kafka::{base_client_config, with_passthrough};
+use crate::metrics::Metrics;
 use crate::receipts::persist;
-use crate::receipts::{EngineError, Outcomes, ReceiptComplete};
-use crate::store::rocks::{KeyPrefix, RocksOptions};
+use crate::receipts::{Engine, EngineError, Outcomes, ReceiptComplete};
+use crate::store::rocks::{KeyPrefix, RocksOptions, RocksStore};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +75,62 @@ pub struct RunReport {
 /// Called with every receipt produced.
 pub type ReceiptHook = Box<dyn FnMut(&ReceiptComplete) + Send>;
 
-/// Hooks for embedding the processor (the demo, tests).
+/// Hooks for embedding the processor (the demo, tests, the HTTP server).
 #[derive(Default)]
 pub struct Hooks {
     pub on_receipt: Option<ReceiptHook>,
+    /// Filled in once the processor exists, for queries and readiness.
+    pub handle: Option<Arc<Handle>>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// What the HTTP server sees of a running processor.
+#[derive(Default)]
+pub struct Handle {
+    processor: OnceLock<Arc<Mutex<Processor>>>,
+    config: OnceLock<Arc<Config>>,
+}
+
+/// Why a query cannot be answered here.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("allread is starting: not in its consumer group yet")]
+    NotReady,
+    #[error("room's task {task} is not assigned to this instance")]
+    NotOwned { task: i32 },
+    #[error("task {task}: {source}")]
+    Engine { task: i32, source: EngineError },
+}
+
+impl Handle {
+    /// `Ok(tasks)` once the consumer is in its group, with the tasks it holds.
+    pub fn readiness(&self) -> Result<usize, &'static str> {
+        let Some(p) = self.processor.get() else {
+            return Err("starting: topics and clients are being set up");
+        };
+        let p = lock(p);
+        if !p.assigned {
+            return Err("waiting for the consumer group to assign partitions");
+        }
+        Ok(p.tasks.len())
+    }
+
+    /// Runs `f` on the engine of the task that owns `room`.
+    pub fn query<T>(
+        &self,
+        room: &str,
+        f: impl FnOnce(&mut Engine<RocksStore>) -> Result<T, EngineError>,
+    ) -> Result<T, QueryError> {
+        let (Some(p), Some(cfg)) = (self.processor.get(), self.config.get()) else {
+            return Err(QueryError::NotReady);
+        };
+        let task = partition_for(room.as_bytes(), cfg.topics.partitions);
+        let mut p = lock(p);
+        let Some(t) = p.tasks.get_mut(&task) else {
+            return Err(if p.assigned { QueryError::NotOwned { task } } else { QueryError::NotReady });
+        };
+        f(t.engine_mut()).map_err(|source| QueryError::Engine { task, source })
+    }
 }
 
 /// Runs the processor until `shutdown` is set, then commits, leaves the group and returns.
@@ -104,9 +158,14 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     .map_err(RuntimeError::Client)?;
 
     let rocks = engine_rocks_options(256 << 20);
-    let mut processor = Processor::new(cfg.clone(), producer, rocks);
+    let metrics = hooks.metrics.unwrap_or_default();
+    let mut processor = Processor::new(cfg.clone(), producer, rocks, metrics);
     processor.on_receipt = hooks.on_receipt;
     let processor = Arc::new(Mutex::new(processor));
+    if let Some(handle) = &hooks.handle {
+        let _ = handle.processor.set(processor.clone());
+        let _ = handle.config.set(cfg.clone());
+    }
 
     let consumer: BaseConsumer<RuntimeContext> = with_passthrough(
         {
@@ -178,6 +237,7 @@ fn process_until(
     let tick_every = Duration::from_millis(cfg.processing.tick_interval_ms);
     let max_records = cfg.processing.max_poll_records;
     let mut last_consumer_warning: Option<Instant> = None;
+    let mut ticks = 0u64;
     while !shutdown.load(Ordering::Relaxed) {
         // Poll without holding the lock: rebalance callbacks take it.
         let mut batch = Vec::new();
@@ -216,6 +276,10 @@ fn process_until(
         if p.last_tick.elapsed() >= tick_every {
             if let Err(e) = p.tick() {
                 p.rewind(consumer, &e);
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(5) {
+                p.update_lag(consumer);
             }
         }
     }

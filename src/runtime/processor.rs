@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::room_of_topic;
+use crate::metrics::Metrics;
 use crate::receipts::{Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
 
@@ -90,6 +91,11 @@ pub struct Processor {
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
     kafka_committed: HashMap<i32, i64>,
     pub stats: Stats,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Engine outcomes already added to the metrics.
+    exported_outcomes: Outcomes,
+    /// Whether the consumer has received an assignment (it is in its group).
+    pub(crate) assigned: bool,
     /// Engine outcomes of tasks this process no longer has.
     closed_outcomes: Outcomes,
     pub(crate) last_commit: Instant,
@@ -122,7 +128,12 @@ fn send(
 }
 
 impl Processor {
-    pub fn new(cfg: Arc<Config>, producer: ThreadedProducer<DeliveryContext>, rocks: RocksOptions) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        producer: ThreadedProducer<DeliveryContext>,
+        rocks: RocksOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Processor {
             limits: cfg.decode_limits(),
             repartition: cfg.repartition_topic(),
@@ -134,6 +145,9 @@ impl Processor {
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
             stats: Stats::default(),
+            metrics,
+            exported_outcomes: Outcomes::default(),
+            assigned: false,
             closed_outcomes: Outcomes::default(),
             last_commit: Instant::now(),
             last_tick: Instant::now(),
@@ -173,6 +187,9 @@ impl Processor {
     fn route(&mut self, m: &OwnedMessage) -> Result<(), RuntimeError> {
         let topic = m.topic();
         let payload = m.payload().unwrap_or(&[]);
+        let source = if topic == self.cfg.topics.read { "read" } else { "room" };
+        self.metrics.input_records.with_label_values(&[source]).inc();
+        self.metrics.input_bytes.with_label_values(&[source]).inc_by(payload.len() as u64);
         let decoded = if topic == self.cfg.topics.read {
             codec::decode_read_event(payload, &self.limits)
         } else {
@@ -237,6 +254,8 @@ impl Processor {
         send(&self.producer, record)?;
         warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = e.kind(), error = %e, "dead-lettered an undecodable record");
         self.stats.dead_lettered += 1;
+        self.metrics.dead_lettered.inc();
+        self.metrics.decode_failures.with_label_values(&[e.kind()]).inc();
         *self.stats.decode_failures.entry(e.kind()).or_default() += 1;
         Ok(())
     }
@@ -249,9 +268,15 @@ impl Processor {
             return Ok(());
         };
         match task.process(m.offset(), m.payload().unwrap_or(&[]), now) {
-            Ok(None) => Ok(()),
+            Ok(None) => {
+                self.metrics.duplicates_skipped.inc();
+                Ok(())
+            }
             Ok(Some(applied)) => {
                 for r in &applied.receipts {
+                    self.metrics.receipts.inc();
+                    self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
+                    self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
                     let value = encode_receipt(r);
                     let record = BaseRecord::to(&self.cfg.topics.output).key(r.room_id.as_bytes()).payload(&value[..]);
                     send(&self.producer, record)?;
@@ -279,11 +304,27 @@ impl Processor {
             task.tick(now).map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
         }
         self.last_tick = Instant::now();
+        self.update_gauges();
         Ok(())
     }
 
     /// Output acknowledged, then state, then Kafka offsets (see the module's doc).
     pub fn commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        let result = self.commit_inner(consumer, mode);
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => {
+                let outcomes = self.outcomes();
+                self.metrics.add_outcomes(&outcomes, &self.exported_outcomes);
+                self.exported_outcomes = outcomes;
+            }
+            Err(_) => self.metrics.commit_failures.inc(),
+        }
+        result
+    }
+
+    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
         self.last_commit = Instant::now();
         self.producer.flush(Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
         if let Some((n, first)) = self.producer.context().take_failures() {
@@ -324,6 +365,9 @@ impl Processor {
     /// positions, as Kafka Streams revives a task. Output already produced stays (at-least-once).
     pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
         self.stats.rewinds += 1;
+        self.metrics.rewinds.inc();
+        // The rewound engines count again what they re-apply; count only the new.
+        self.exported_outcomes = self.outcomes();
         warn!(error = %reason, "rewinding to the last commit");
         let _ = self.producer.flush(Duration::from_secs(30));
         let _ = self.producer.context().take_failures();
@@ -367,6 +411,8 @@ impl Processor {
     /// Partitions assigned: open a task per repartition partition and start it where its
     /// local state is.
     pub fn on_assign(&mut self, tpl: &mut TopicPartitionList) {
+        self.assigned = true;
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
         let mine: Vec<i32> =
             tpl.elements().iter().filter(|e| self.is_repartition(e.topic())).map(|e| e.partition()).collect();
         for partition in mine {
@@ -391,6 +437,7 @@ impl Processor {
 
     /// Partitions revoked: commit what we have, then let them go.
     pub fn on_revoke(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList, lost: bool) {
+        self.metrics.rebalances.with_label_values(&[if lost { "lost" } else { "revoke" }]).inc();
         if !lost {
             if let Err(e) = self.commit(consumer, CommitMode::Sync) {
                 warn!(error = %e, "commit before revocation failed; the next owner re-processes from the last commit");
@@ -399,12 +446,38 @@ impl Processor {
         for elem in tpl.elements() {
             if self.is_repartition(elem.topic()) {
                 self.kafka_committed.remove(&elem.partition());
+                let label = elem.partition().to_string();
+                for g in [&self.metrics.cached_rooms, &self.metrics.pending_messages, &self.metrics.consumer_lag] {
+                    let _ = g.remove_label_values(&[&label]);
+                }
                 if let Some(task) = self.tasks.remove(&elem.partition()) {
                     self.closed_outcomes.add(&task.outcomes());
                     info!(task = elem.partition(), lost, "task revoked");
                 }
             } else {
                 self.routed.remove(&(elem.topic().to_string(), elem.partition()));
+            }
+        }
+    }
+
+    /// Per-task gauges of the engines' caches.
+    pub fn update_gauges(&self) {
+        self.metrics.tasks.set(self.tasks.len() as i64);
+        for (partition, task) in &self.tasks {
+            let label = partition.to_string();
+            let (rooms, pending) = task.cache_figures();
+            self.metrics.cached_rooms.with_label_values(&[&label]).set(rooms as i64);
+            self.metrics.pending_messages.with_label_values(&[&label]).set(pending as i64);
+        }
+    }
+
+    /// Sets each task's lag from its partition's high watermark (one short request per task;
+    /// called every few seconds).
+    pub fn update_lag(&self, consumer: &Consumer_) {
+        for (partition, task) in &self.tasks {
+            let watermarks = consumer.fetch_watermarks(&self.repartition, *partition, Duration::from_millis(200));
+            if let (Ok((_, high)), Some(position)) = (watermarks, task.position()) {
+                self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set((high - position).max(0));
             }
         }
     }

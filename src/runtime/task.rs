@@ -190,6 +190,16 @@ impl Task {
         o
     }
 
+    /// The next repartition offset this task will read (processed, committed or not).
+    pub fn position(&self) -> Option<i64> {
+        self.next_offset
+    }
+
+    /// Rooms in memory and the pending messages among them.
+    pub fn cache_figures(&self) -> (usize, usize) {
+        (self.engine.cache_usage().0, self.engine.cached_pending())
+    }
+
     pub fn engine_mut(&mut self) -> &mut Engine<RocksStore> {
         &mut self.engine
     }

@@ -73,6 +73,8 @@ pub struct Setup {
     pub read_topic: String,
     pub output: String,
     pub dir: tempfile::TempDir,
+    /// The HTTP port of the `allread run` processes this setup starts.
+    pub http_port: u16,
 }
 
 impl Setup {
@@ -86,6 +88,7 @@ impl Setup {
             output: format!("receipts_{tag}"),
             dir: tempfile::tempdir().unwrap(),
             bootstrap,
+            http_port: free_port(),
         };
         create_topic(&s.bootstrap, &s.read_topic, 2);
         s
@@ -114,11 +117,15 @@ read = "{read}"
 output = "{output}"
 partitions = 4
 
+[http]
+listen = "127.0.0.1:{port}"
+
 [processing]
 metadata_refresh_ms = 1000
 commit_interval_ms = 100
 {extra}
 "#,
+            port = self.http_port,
             app = self.app,
             bootstrap = self.bootstrap,
             state = self.dir.path().join("state").display(),
@@ -301,4 +308,35 @@ impl Reader {
             out.extend(more);
         }
     }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body). No HTTP client crate needed for this.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The JSON body of `GET path`, with its status.
+pub fn http_json(port: u16, path: &str) -> (u16, Value) {
+    let (status, body) = http_get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The value of one sample in a Prometheus text exposition (`name{labels}` as written).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+    })
 }

@@ -1,0 +1,189 @@
+//! Every metric allread exports, registered in one place on an explicit registry.
+//!
+//! Names follow Prometheus conventions (`allread_` prefix, `_total` counters, base units).
+//! Labels take a small fixed set of values: input source, error kind, engine outcome, task
+//! number. Room and user ids never become labels.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::receipts::Outcomes;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Input records by `source`: `room` (room topics) or `read` (the read topic).
+    pub input_records: IntCounterVec,
+    pub input_bytes: IntCounterVec,
+    /// Undecodable records by `kind` (see `DecodeError::kind`).
+    pub decode_failures: IntCounterVec,
+    pub dead_lettered: IntCounter,
+    pub receipts: IntCounter,
+    /// Engine outcomes by `outcome` (see `Outcomes`).
+    pub engine_outcomes: IntCounterVec,
+    /// Routed records a task had applied already (re-sent after a restart), skipped.
+    pub duplicates_skipped: IntCounter,
+    /// Message `sent_at` to receipt produced.
+    pub message_to_receipt: Histogram,
+    /// Timestamp of the input record that completed the message to receipt produced.
+    pub last_read_to_receipt: Histogram,
+    pub commit_duration: Histogram,
+    pub commit_failures: IntCounter,
+    pub rewinds: IntCounter,
+    /// Rebalance callbacks by `kind`: `assign`, `revoke`, `lost`.
+    pub rebalances: IntCounterVec,
+    pub tasks: IntGauge,
+    /// Per task: pending messages, cached rooms and entries, consumer lag.
+    pub pending_messages: IntGaugeVec,
+    pub cached_rooms: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    registry.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            input_records: counter_vec(&r, "allread_input_records_total", "Input records read, by source.", "source"),
+            input_bytes: counter_vec(
+                &r,
+                "allread_input_bytes_total",
+                "Bytes of input record values, by source.",
+                "source",
+            ),
+            decode_failures: counter_vec(
+                &r,
+                "allread_decode_failures_total",
+                "Input records that could not be decoded, by kind.",
+                "kind",
+            ),
+            dead_lettered: counter(
+                &r,
+                "allread_dead_lettered_records_total",
+                "Records written to the dead-letter topic.",
+            ),
+            receipts: counter(&r, "allread_receipts_emitted_total", "receipt_complete records produced."),
+            engine_outcomes: counter_vec(
+                &r,
+                "allread_engine_outcomes_total",
+                "What the engine did with events, by outcome.",
+                "outcome",
+            ),
+            duplicates_skipped: counter(
+                &r,
+                "allread_routed_duplicates_skipped_total",
+                "Repartition records skipped because their input was applied already.",
+            ),
+            message_to_receipt: histogram(
+                &r,
+                "allread_message_to_receipt_seconds",
+                "From a message's sent_at to its receipt_complete being produced.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            last_read_to_receipt: histogram(
+                &r,
+                "allread_last_read_to_receipt_seconds",
+                "From the timestamp of the input record that completed a message to its receipt being produced.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            commit_duration: histogram(
+                &r,
+                "allread_commit_duration_seconds",
+                "Duration of a commit: output acknowledged, state written, offsets committed.",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0],
+            ),
+            commit_failures: counter(
+                &r,
+                "allread_commit_failures_total",
+                "Commits that failed (followed by a rewind).",
+            ),
+            rewinds: counter(&r, "allread_rewinds_total", "Returns to the last commit after a failure."),
+            rebalances: counter_vec(
+                &r,
+                "allread_rebalances_total",
+                "Consumer group rebalance callbacks, by kind.",
+                "kind",
+            ),
+            tasks: {
+                let g = IntGauge::new("allread_tasks", "Tasks assigned to this instance.").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            pending_messages: gauge_vec(
+                &r,
+                "allread_pending_messages",
+                "Messages waiting for readers, per task (cached rooms).",
+                "task",
+            ),
+            cached_rooms: gauge_vec(&r, "allread_cached_rooms", "Rooms held in memory, per task.", "task"),
+            consumer_lag: gauge_vec(
+                &r,
+                "allread_consumer_lag_records",
+                "Records of the task's repartition partition not yet processed.",
+                "task",
+            ),
+            registry: r,
+        };
+        // Process RSS, CPU seconds and open file descriptors.
+        let _ = m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        for kind in crate::codec::DecodeError::KINDS {
+            m.decode_failures.with_label_values(&[kind]);
+        }
+        for source in ["room", "read"] {
+            m.input_records.with_label_values(&[source]);
+            m.input_bytes.with_label_values(&[source]);
+        }
+        for outcome in Outcomes::NAMES {
+            m.engine_outcomes.with_label_values(&[outcome]);
+        }
+        m
+    }
+
+    /// Adds the engine outcomes counted since `before`.
+    pub fn add_outcomes(&self, now: &Outcomes, before: &Outcomes) {
+        for (name, value) in now.since(before).iter() {
+            if value > 0 {
+                self.engine_outcomes.with_label_values(&[name]).inc_by(value);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
