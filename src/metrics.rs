@@ -159,6 +159,9 @@ impl Metrics {
             m.input_records.with_label_values(&[source]);
             m.input_bytes.with_label_values(&[source]);
         }
+        for kind in ["assign", "revoke", "lost"] {
+            m.rebalances.with_label_values(&[kind]);
+        }
         for outcome in Outcomes::NAMES {
             m.engine_outcomes.with_label_values(&[outcome]);
         }
