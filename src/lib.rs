@@ -18,6 +18,7 @@
 //!   murmur2), the repartition record format.
 //! - [`config`]: the typed settings, from TOML and flags.
 //! - [`metrics`]: every Prometheus metric, registered in one place.
+//! - [`topology`]: the processor's sources, repartition, store and sinks; describe, apply, check.
 //! - [`runtime`]: the stream processor (`allread run`): routing to the repartition topic,
 //!   one task per partition with its own RocksDB, at-least-once commits, dead letters.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the state queries.
@@ -35,3 +36,4 @@ pub mod receipts;
 pub mod replay;
 pub mod runtime;
 pub mod store;
+pub mod topology;

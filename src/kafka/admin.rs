@@ -31,7 +31,7 @@ impl AdminError {
 }
 
 /// What allread needs of one topic.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
@@ -81,8 +81,8 @@ pub fn partition_count(
     }))
 }
 
-/// Creates what is missing, checks what exists.
-pub fn ensure_topics(client_config: &ClientConfig, specs: &[TopicSpec]) -> Result<(), AdminError> {
+/// Creates what is missing, checks what exists; returns the names of the topics it created.
+pub fn ensure_topics(client_config: &ClientConfig, specs: &[TopicSpec]) -> Result<Vec<String>, AdminError> {
     let admin: AdminClient<DefaultClientContext> = client_config.create()?;
     let timeout = Duration::from_secs(10);
     let mut missing = Vec::new();
@@ -100,7 +100,7 @@ pub fn ensure_topics(client_config: &ClientConfig, specs: &[TopicSpec]) -> Resul
         }
     }
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let new_topics: Vec<NewTopic> = missing
         .iter()
@@ -114,9 +114,13 @@ pub fn ensure_topics(client_config: &ClientConfig, specs: &[TopicSpec]) -> Resul
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let results = futures::executor::block_on(admin.create_topics(&new_topics, &opts))?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, "created topic");
+                created.push(name);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(AdminError::Create { topic, code }),
         }
@@ -133,5 +137,5 @@ pub fn ensure_topics(client_config: &ClientConfig, specs: &[TopicSpec]) -> Resul
             }
         }
     }
-    Ok(())
+    Ok(created)
 }

@@ -293,7 +293,7 @@ fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), R
     let mut backoff = Duration::from_millis(500);
     loop {
         match admin::ensure_topics(&client, &specs) {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(e) if e.is_retriable() && shutdown.load(Ordering::Relaxed) => {
                 info!(error = %e, "stopping before Kafka was reachable");
                 return Ok(());
