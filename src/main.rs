@@ -13,12 +13,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use allread::codec::{encode_receipt, DecodeLimits};
 use allread::config::Config;
 use allread::demo::{run_demo, DemoOptions};
+use allread::kafka::base_client_config;
 use allread::metrics::Metrics;
 use allread::receipts::{Engine, EngineConfig};
 use allread::replay::{replay, ReplaySummary, TopicNames};
 use allread::runtime::{self, Handle, Hooks};
 use allread::store::memory::MemoryStore;
 use allread::store::rocks::{RocksOptions, RocksStore};
+use allread::topology;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -66,6 +68,11 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Describe the processor's topology, create its topics, or check them for drift.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
     /// Run the receipt engine over records from a JSON Lines file (no Kafka) and print
     /// every receipt_complete as JSON, one per line.
     ///
@@ -81,6 +88,27 @@ enum Command {
         room_prefix: String,
         #[arg(long, default_value = "read_events")]
         read_topic: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Print the topology as Kafka Streams' Topology#describe() does (or as Mermaid).
+    Describe {
+        #[command(flatten)]
+        settings: Settings,
+        #[arg(long)]
+        mermaid: bool,
+    },
+    /// Create the topics allread owns that are missing (idempotent).
+    Apply {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Report where the cluster differs from the topology, changing nothing; exit 1 on drift.
+    Check {
+        #[command(flatten)]
+        settings: Settings,
     },
 }
 
@@ -158,6 +186,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Topology { action } => topology_command(action),
         Command::Replay { input, state_dir, room_prefix, read_topic } => {
             let reader: Box<dyn io::BufRead> = if input.as_os_str() == "-" {
                 Box::new(BufReader::new(io::stdin()))
@@ -237,6 +266,38 @@ fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
         }
         Err(_) => anyhow::bail!("the processing thread panicked"),
     }
+}
+
+fn topology_command(action: TopologyAction) -> anyhow::Result<()> {
+    match action {
+        TopologyAction::Describe { settings, mermaid } => {
+            let t = topology::build(&settings.load()?);
+            print!("{}", if mermaid { t.mermaid() } else { t.describe() });
+        }
+        TopologyAction::Apply { settings } => {
+            let cfg = settings.load()?;
+            let created = topology::apply(&base_client_config(&cfg), &topology::build(&cfg))?;
+            if created.is_empty() {
+                println!("nothing to create: every topic allread owns exists");
+            }
+            for name in created {
+                println!("created {name}");
+            }
+        }
+        TopologyAction::Check { settings } => {
+            let cfg = settings.load()?;
+            let drift = topology::check(&base_client_config(&cfg), &topology::build(&cfg))?;
+            if drift.is_empty() {
+                println!("no drift: the cluster matches the topology");
+                return Ok(());
+            }
+            for d in &drift {
+                println!("{}: {}", d.topic, d.problem);
+            }
+            anyhow::bail!("{} difference(s) between the cluster and the topology", drift.len());
+        }
+    }
+    Ok(())
 }
 
 fn run_replay<S: allread::store::KvStore>(
