@@ -10,3 +10,10 @@ fn readme_configuration_reference_matches_the_defaults() {
     let documented = Config::from_toml(block).unwrap_or_else(|e| panic!("README's configuration does not parse: {e}"));
     assert_eq!(documented, Config::default(), "README's configuration reference drifted from the code's defaults");
 }
+
+#[test]
+fn readme_shows_the_current_topology() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let describe = allread::topology::build(&Config::default()).describe();
+    assert!(readme.contains(&describe), "README's `allread topology describe` output is stale; paste:\n{describe}");
+}
