@@ -36,7 +36,14 @@ pub struct Metrics {
     /// Per task: pending messages, cached rooms and entries, consumer lag.
     pub pending_messages: IntGaugeVec,
     pub cached_rooms: IntGaugeVec,
+    pub cached_members: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
+    /// RocksDB figures per task: `rocksdb.estimate-num-keys`, `rocksdb.live-sst-files-size`,
+    /// `rocksdb.cur-size-all-mem-tables`, and the shared block cache's usage.
+    pub rocksdb_keys: IntGaugeVec,
+    pub rocksdb_sst_bytes: IntGaugeVec,
+    pub rocksdb_memtable_bytes: IntGaugeVec,
+    pub rocksdb_block_cache_bytes: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -142,6 +149,39 @@ impl Metrics {
                 "task",
             ),
             cached_rooms: gauge_vec(&r, "allread_cached_rooms", "Rooms held in memory, per task.", "task"),
+            cached_members: gauge_vec(
+                &r,
+                "allread_cached_members",
+                "Members of the rooms held in memory, per task.",
+                "task",
+            ),
+            rocksdb_keys: gauge_vec(
+                &r,
+                "allread_rocksdb_estimated_keys",
+                "RocksDB's estimate of the keys in a task's store.",
+                "task",
+            ),
+            rocksdb_sst_bytes: gauge_vec(
+                &r,
+                "allread_rocksdb_live_sst_bytes",
+                "Bytes of live SST files of a task's store.",
+                "task",
+            ),
+            rocksdb_memtable_bytes: gauge_vec(
+                &r,
+                "allread_rocksdb_memtable_bytes",
+                "Bytes of all memtables of a task's store.",
+                "task",
+            ),
+            rocksdb_block_cache_bytes: {
+                let g = IntGauge::new(
+                    "allread_rocksdb_block_cache_bytes",
+                    "Bytes in use in the block cache shared by all tasks.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             consumer_lag: gauge_vec(
                 &r,
                 "allread_consumer_lag_records",

@@ -21,7 +21,15 @@ fn yaml(path: &str) -> Yaml {
 fn exported_series() -> BTreeSet<String> {
     let metrics = Metrics::new();
     // Per-task series exist once a task does.
-    for per_task in [&metrics.consumer_lag, &metrics.pending_messages, &metrics.cached_rooms] {
+    for per_task in [
+        &metrics.consumer_lag,
+        &metrics.pending_messages,
+        &metrics.cached_rooms,
+        &metrics.cached_members,
+        &metrics.rocksdb_keys,
+        &metrics.rocksdb_sst_bytes,
+        &metrics.rocksdb_memtable_bytes,
+    ] {
         per_task.with_label_values(&["0"]);
     }
     let mut names = BTreeSet::new();

@@ -95,9 +95,10 @@ fn the_spec_worked_example_end_to_end() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let (_, text) = common::http_get(port, "/metrics").unwrap();
-        if common::metric(&text, r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#) == Some(2.0)
-            || std::time::Instant::now() > deadline
-        {
+        let exported =
+            common::metric(&text, r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#) == Some(2.0);
+        let ticked = text.contains("allread_cached_members{task=");
+        if (exported && ticked) || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -118,6 +119,15 @@ fn the_spec_worked_example_end_to_end() {
         assert_eq!(common::metric(&text, series), Some(value), "{series} in\n{text}");
     }
     assert!(!text.contains("12345"), "a room id became a metric label");
+    let task = allread::kafka::partitioner::partition_for(b"12345", 4);
+    assert_eq!(
+        common::metric(&text, &format!(r#"allread_cached_members{{task="{task}"}}"#)),
+        Some(3.0),
+        "alice, bob, dave"
+    );
+    assert!(
+        common::metric(&text, &format!(r#"allread_rocksdb_estimated_keys{{task="{task}"}}"#)).is_some_and(|v| v > 0.0)
+    );
     assert!(common::metric(&text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
 }
 

@@ -135,9 +135,9 @@ impl<S: KvStore> Engine<S> {
         (self.rooms.len(), self.cached_entries)
     }
 
-    /// Pending messages of the rooms held in memory.
-    pub fn cached_pending(&self) -> usize {
-        self.rooms.values().map(|r| r.pending.len()).sum()
+    /// Pending messages and members of the rooms held in memory.
+    pub fn cached_pending_and_members(&self) -> (usize, usize) {
+        self.rooms.values().fold((0, 0), |(p, m), r| (p + r.pending.len(), m + r.members.len()))
     }
 
     /// Applies one event at processing time `now`.

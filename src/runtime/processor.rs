@@ -447,7 +447,16 @@ impl Processor {
             if self.is_repartition(elem.topic()) {
                 self.kafka_committed.remove(&elem.partition());
                 let label = elem.partition().to_string();
-                for g in [&self.metrics.cached_rooms, &self.metrics.pending_messages, &self.metrics.consumer_lag] {
+                let m = &self.metrics;
+                for g in [
+                    &m.cached_rooms,
+                    &m.cached_members,
+                    &m.pending_messages,
+                    &m.consumer_lag,
+                    &m.rocksdb_keys,
+                    &m.rocksdb_sst_bytes,
+                    &m.rocksdb_memtable_bytes,
+                ] {
                     let _ = g.remove_label_values(&[&label]);
                 }
                 if let Some(task) = self.tasks.remove(&elem.partition()) {
@@ -463,11 +472,17 @@ impl Processor {
     /// Per-task gauges of the engines' caches.
     pub fn update_gauges(&self) {
         self.metrics.tasks.set(self.tasks.len() as i64);
+        let m = &self.metrics;
         for (partition, task) in &self.tasks {
             let label = partition.to_string();
-            let (rooms, pending) = task.cache_figures();
-            self.metrics.cached_rooms.with_label_values(&[&label]).set(rooms as i64);
-            self.metrics.pending_messages.with_label_values(&[&label]).set(pending as i64);
+            let f = task.figures();
+            m.cached_rooms.with_label_values(&[&label]).set(f.cached_rooms as i64);
+            m.cached_members.with_label_values(&[&label]).set(f.cached_members as i64);
+            m.pending_messages.with_label_values(&[&label]).set(f.pending as i64);
+            m.rocksdb_keys.with_label_values(&[&label]).set(f.rocksdb_keys as i64);
+            m.rocksdb_sst_bytes.with_label_values(&[&label]).set(f.rocksdb_sst_bytes as i64);
+            m.rocksdb_memtable_bytes.with_label_values(&[&label]).set(f.rocksdb_memtable_bytes as i64);
+            m.rocksdb_block_cache_bytes.set(f.rocksdb_block_cache_bytes as i64);
         }
     }
 

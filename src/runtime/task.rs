@@ -42,6 +42,16 @@ pub struct Task {
     pub skipped_duplicates: u64,
 }
 
+pub struct TaskFigures {
+    pub cached_rooms: usize,
+    pub cached_members: usize,
+    pub pending: usize,
+    pub rocksdb_keys: u64,
+    pub rocksdb_sst_bytes: u64,
+    pub rocksdb_memtable_bytes: u64,
+    pub rocksdb_block_cache_bytes: u64,
+}
+
 /// What one routed record did.
 pub struct Applied {
     pub event: Event,
@@ -195,9 +205,21 @@ impl Task {
         self.next_offset
     }
 
-    /// Rooms in memory and the pending messages among them.
-    pub fn cache_figures(&self) -> (usize, usize) {
-        (self.engine.cache_usage().0, self.engine.cached_pending())
+    /// Figures for the metrics: the engine's cache and the store's size.
+    pub fn figures(&self) -> TaskFigures {
+        let store = self.engine.store();
+        let prop = |name: &str| store.property_int(name).unwrap_or(0);
+        let (cached_rooms, _) = self.engine.cache_usage();
+        let (pending, cached_members) = self.engine.cached_pending_and_members();
+        TaskFigures {
+            cached_rooms,
+            cached_members,
+            pending,
+            rocksdb_keys: prop("rocksdb.estimate-num-keys"),
+            rocksdb_sst_bytes: prop("rocksdb.live-sst-files-size"),
+            rocksdb_memtable_bytes: prop("rocksdb.cur-size-all-mem-tables"),
+            rocksdb_block_cache_bytes: prop("rocksdb.block-cache-usage"),
+        }
     }
 
     pub fn engine_mut(&mut self) -> &mut Engine<RocksStore> {
