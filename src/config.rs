@@ -54,11 +54,16 @@ pub struct Http {
     /// Where `/metrics`, `/healthz`, `/readyz` and the state queries are served
     /// (`host:port`; port 0 picks a free one, logged at start).
     pub listen: String,
+    /// The `host:port` at which other instances and clients reach this instance's HTTP
+    /// server, as Kafka Streams' `application.server`. Instances advertise it through the
+    /// consumer group, and a query for a room whose task is elsewhere is redirected to the
+    /// owner. Unset: such queries get an error naming the task instead.
+    pub advertised: Option<String>,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:9464".into() }
+        Self { listen: "0.0.0.0:9464".into(), advertised: None }
     }
 }
 
@@ -198,6 +203,9 @@ impl Config {
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("http.listen", "must be an IP address and port, such as 0.0.0.0:9464");
+        }
+        if self.http.advertised.as_ref().is_some_and(|a| a.is_empty() || a.contains('/')) {
+            return invalid("http.advertised", "must be host:port, such as allread-1:9464");
         }
         if self.processing.max_id_bytes == 0 || self.processing.max_id_bytes > 1024 {
             return invalid("processing.max_id_bytes", "must be between 1 and 1024");

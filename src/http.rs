@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -62,6 +62,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
 /// Runs a query on a blocking thread (it may read RocksDB and wait for the processor).
 async fn answer<T: Serialize + Send + 'static>(
     handle: Arc<Handle>,
+    uri: Uri,
     room: String,
     missing: &'static str,
     f: impl FnOnce(
@@ -71,24 +72,44 @@ async fn answer<T: Serialize + Send + 'static>(
         + Send
         + 'static,
 ) -> Response {
-    let result = tokio::task::spawn_blocking(move || handle.query(&room, |engine| f(engine, &room))).await;
+    let result = tokio::task::spawn_blocking({
+        let handle = handle.clone();
+        let room = room.clone();
+        move || handle.query(&room, |engine| f(engine, &room))
+    })
+    .await;
     match result {
         Ok(Ok(Some(view))) => Json(view).into_response(),
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, missing),
-        Ok(Err(e @ (QueryError::NotReady | QueryError::NotOwned { .. }))) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(Err(e @ QueryError::NotOwned { .. })) => {
+            // Ask the consumer group who has the task; send the client there.
+            let lookup = tokio::task::spawn_blocking(move || handle.owner_of(&room)).await.ok().flatten();
+            match lookup {
+                Some(owner) => {
+                    let location = format!("http://{owner}{}", uri.path());
+                    let body = Json(json!({ "error": format!("{e}; its owner is {owner}"), "owner": owner }));
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)], body).into_response()
+                }
+                None => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{e}; its owner advertises no http.advertised address"),
+                ),
+            }
+        }
+        Ok(Err(e @ QueryError::NotReady)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Ok(Err(e @ QueryError::Engine { .. })) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-async fn room(State(s): State<AppState>, Path(room): Path<String>) -> Response {
-    answer(s.handle, room, "unknown room", |engine, room| engine.room_view(room)).await
+async fn room(State(s): State<AppState>, uri: Uri, Path(room): Path<String>) -> Response {
+    answer(s.handle, uri, room, "unknown room", |engine, room| engine.room_view(room)).await
 }
 
-async fn message(State(s): State<AppState>, Path((room, message)): Path<(String, String)>) -> Response {
-    answer(s.handle, room, "unknown message", move |engine, room| engine.message_view(room, &message)).await
+async fn message(State(s): State<AppState>, uri: Uri, Path((room, message)): Path<(String, String)>) -> Response {
+    answer(s.handle, uri, room, "unknown message", move |engine, room| engine.message_view(room, &message)).await
 }
 
-async fn user(State(s): State<AppState>, Path((room, user)): Path<(String, String)>) -> Response {
-    answer(s.handle, room, "unknown room", move |engine, room| engine.user_view(room, &user)).await
+async fn user(State(s): State<AppState>, uri: Uri, Path((room, user)): Path<(String, String)>) -> Response {
+    answer(s.handle, uri, room, "unknown room", move |engine, room| engine.user_view(room, &user)).await
 }

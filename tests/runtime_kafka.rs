@@ -390,3 +390,57 @@ fn an_existing_repartition_topic_with_another_partition_count_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has 3 partitions but allread needs 4"), "{stderr}");
 }
+
+#[test]
+fn a_query_for_a_room_on_another_instance_is_redirected_to_its_owner() {
+    let s = Setup::new("owner");
+    let ports = [s.http_port, common::free_port()];
+    let log = |i: usize| s.dir.path().join(format!("allread-{i}.log"));
+    let first = common::Allread::start(&s.instance_config("-0", ports[0], true, ""), &log(0));
+    let deadline = std::time::Instant::now() + WAIT;
+    // Tasks held by the instance on `port` (0 until its HTTP server and group are up).
+    let tasks = |port: u16| {
+        common::http_get(port, "/readyz")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| v["tasks"].as_u64())
+            .unwrap_or(0)
+    };
+    while tasks(ports[0]) != 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first instance never took the 4 tasks: {}",
+            first.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = common::Allread::start(&s.instance_config("-1", ports[1], true, ""), &log(1));
+    // Cooperative rebalancing moves some tasks to the second instance.
+    loop {
+        let (a, b) = (tasks(ports[0]), tasks(ports[1]));
+        if a > 0 && b > 0 && a + b == 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the tasks were never shared: {}", second.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Some room's task is on the second instance: the first redirects there.
+    let mut redirected = 0;
+    for r in 0..40 {
+        let path = format!("/rooms/r{r}/users/u");
+        let (status, body) = common::http_json(ports[0], &path);
+        match status {
+            307 => {
+                assert_eq!(body["owner"], format!("127.0.0.1:{}", ports[1]), "{body}");
+                let response = common::http_response(ports[0], &path).unwrap().to_lowercase();
+                assert!(response.contains(&format!("location: http://127.0.0.1:{}{path}", ports[1])), "{response}");
+                let (owner_status, _) = common::http_json(ports[1], &path);
+                assert_eq!(owner_status, 404, "the owner answers itself (the room is unknown)");
+                redirected += 1;
+            }
+            404 => {}
+            other => panic!("GET {path} on the first instance: {other} {body}"),
+        }
+    }
+    assert!(redirected > 0, "no room was redirected");
+}

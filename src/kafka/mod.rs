@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod envelope;
+pub mod group;
 pub mod partitioner;
 
 use rdkafka::config::ClientConfig;

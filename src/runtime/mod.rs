@@ -103,6 +103,26 @@ pub enum QueryError {
 }
 
 impl Handle {
+    /// The query address of the instance that owns `room`'s task, from the consumer group.
+    pub fn owner_of(&self, room: &str) -> Option<String> {
+        let cfg = self.config.get()?;
+        let task = partition_for(room.as_bytes(), cfg.topics.partitions);
+        let client: rdkafka::consumer::BaseConsumer = with_passthrough(base_client_config(cfg), cfg)
+            .create()
+            .map_err(|e| warn!(error = %e, "lookup client"))
+            .ok()?;
+        crate::kafka::group::owner_address(
+            &client,
+            &cfg.application_id,
+            &cfg.repartition_topic(),
+            task,
+            Duration::from_secs(5),
+        )
+        .map_err(|e| warn!(error = %e, "looking up the owner of a task"))
+        .ok()
+        .flatten()
+    }
+
     /// `Ok(tasks)` once the consumer is in its group, with the tasks it holds.
     pub fn readiness(&self) -> Result<usize, &'static str> {
         let Some(p) = self.processor.get() else {
@@ -170,6 +190,10 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     let consumer: BaseConsumer<RuntimeContext> = with_passthrough(
         {
             let mut c = base_client_config(&cfg);
+            if let Some(address) = &cfg.http.advertised {
+                // How other instances find this one's queries (see kafka::group).
+                c.set("client.id", crate::kafka::group::client_id_for(address));
+            }
             c.set("group.id", &cfg.application_id)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")

@@ -104,7 +104,14 @@ impl Setup {
 
     /// Writes the configuration file for `allread run` and returns its path.
     pub fn config(&self, extra: &str) -> PathBuf {
-        let path = self.dir.path().join("allread.toml");
+        self.instance_config("", self.http_port, false, extra)
+    }
+
+    /// The configuration of one of several instances: its own file, state and HTTP port,
+    /// and (with `advertise`) its HTTP address published through the group.
+    pub fn instance_config(&self, name: &str, port: u16, advertise: bool, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("allread{name}.toml"));
+        let advertised = if advertise { format!("advertised = \"127.0.0.1:{port}\"") } else { String::new() };
         let text = format!(
             r#"application_id = "{app}"
 bootstrap_servers = "{bootstrap}"
@@ -119,16 +126,17 @@ partitions = 4
 
 [http]
 listen = "127.0.0.1:{port}"
+{advertised}
 
 [processing]
 metadata_refresh_ms = 1000
 commit_interval_ms = 100
 {extra}
 "#,
-            port = self.http_port,
+            port = port,
             app = self.app,
             bootstrap = self.bootstrap,
-            state = self.dir.path().join("state").display(),
+            state = self.dir.path().join(format!("state{name}")).display(),
             prefix = self.room_prefix,
             read = self.read_topic,
             output = self.output,
@@ -315,14 +323,21 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `GET path` on 127.0.0.1:`port`: (status, body). No HTTP client crate needed for this.
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+/// The whole response (status line, headers, body) to `GET path` on 127.0.0.1:`port`.
+/// No HTTP client crate needed for this.
+pub fn http_response(port: u16, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let response = http_response(port, path)?;
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
