@@ -90,6 +90,10 @@ fn compose_wires_allread_prometheus_and_grafana_together() {
         );
     }
     assert!(file("Dockerfile").contains("--bin allread"), "the Dockerfile builds the allread binary");
+    let one_shot: Vec<&str> =
+        compose["services"]["topology"]["command"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(one_shot, ["topology", "apply"], "a one-shot topology apply runs before allread");
+    assert!(compose["services"]["allread"]["depends_on"]["topology"].is_mapping());
 
     let prometheus = yaml("topology/monitoring/prometheus.yml");
     let job = &prometheus["scrape_configs"][0];
