@@ -1,5 +1,7 @@
-//! allread's settings: one typed tree with a default for every value, read from a TOML file
-//! and overridden by command-line flags. Unknown keys are rejected, naming the key.
+//! allread's settings: one typed tree with a default for every value, overridden in turn by
+//! a TOML file, by `ALLREAD_<SECTION>__<KEY>` environment variables and by command-line
+//! flags ([`Config::load`]). Unknown keys and values of the wrong type are rejected, naming
+//! the key and where it came from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,11 +137,102 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// An `ALLREAD_*` variable names an unknown setting or holds a value of the wrong type.
+    #[error("environment variable {var} sets `{key}`: {message}")]
+    Env { var: String, key: String, message: String },
+    /// An `ALLREAD_*` variable whose name cannot be read as a setting's path.
+    #[error("environment variable {var}: {reason}")]
+    EnvName { var: String, reason: String },
     #[error("invalid setting `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("{variable}: {reason}")]
+    Env { variable: String, reason: String },
 }
 
+/// `ALLREAD_*` variables that are not settings (the config file's path, the scripts' caches).
+const NOT_SETTINGS: &[&str] = &["CONFIG", "CACHE", "KAFKA_HOME", "BENCH_DIR"];
+
 impl Config {
+    /// Defaults, then the TOML `file`, then `ALLREAD_<SECTION>__<KEY>` variables from `env`
+    /// (`ALLREAD_TOPICS__PARTITIONS=16`; under `KAFKA__`, single underscores are dots:
+    /// `ALLREAD_KAFKA__SECURITY_PROTOCOL` is `kafka."security.protocol"`). Unknown keys and
+    /// bad values are errors naming the key and, for variables, the variable.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
+        let mut from_env = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.to_ascii_uppercase().strip_prefix("ALLREAD_").map(str::to_string) else { continue };
+            if NOT_SETTINGS.contains(&rest.as_str()) {
+                continue;
+            }
+            let mut path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if path.len() == 2 && path[0] == "kafka" {
+                path[1] = path[1].replace('_', ".");
+            }
+            let invalid = |reason: String| ConfigError::Env { variable: name.clone(), reason };
+            let expected = path
+                .split_last()
+                .and_then(|(last, parents)| {
+                    parents.iter().try_fold(&defaults, |t, k| t.get(k).and_then(toml::Value::as_table))?.get(last)
+                })
+                .cloned();
+            let typed = match expected {
+                // librdkafka properties are strings, like every string setting.
+                _ if path[0] == "kafka" => toml::Value::String(value.clone()),
+                Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
+                Some(toml::Value::Integer(_)) => value
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| invalid(format!("`{value}` is not an integer")))?,
+                Some(toml::Value::Boolean(_)) => value
+                    .trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| invalid(format!("`{value}` is not true or false")))?,
+                _ => format!("v = {value}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(toml::Value::String(value.clone())),
+            };
+            let (last, parents) = path.split_last().ok_or_else(|| invalid("names no setting".into()))?;
+            let mut at = &mut table;
+            for key in parents {
+                at = at
+                    .entry(key.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| invalid(format!("`{key}` is not a section")))?;
+            }
+            at.insert(last.clone(), typed);
+            from_env.push((path.join("."), name.clone()));
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let message = e.to_string();
+            // Name the variable when the offending key came from the environment.
+            let culprit = from_env
+                .iter()
+                .find(|(key, _)| key.rsplit('.').next().is_some_and(|leaf| message.contains(&format!("`{leaf}`"))));
+            match (culprit, file) {
+                (Some((key, variable)), _) => {
+                    ConfigError::Env { variable: variable.clone(), reason: format!("{key}: {message}") }
+                }
+                (None, Some(path)) => ConfigError::Parse { path: path.into(), message },
+                (None, None) => ConfigError::Parse { path: "(defaults)".into(), message },
+            }
+        })
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
@@ -214,6 +307,126 @@ impl Config {
     }
 }
 
+/// A setting read from an `ALLREAD_*` variable.
+struct EnvSetting {
+    var: String,
+    /// Its path in the TOML tree: `["topics", "partitions"]`, `["kafka", "security.protocol"]`.
+    path: Vec<String>,
+    raw: String,
+}
+
+/// The settings among `env`, by variable name, so that the first error is always the same.
+fn env_settings(env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<EnvSetting>, ConfigError> {
+    let mut settings = Vec::new();
+    for (var, raw) in env {
+        let upper = var.to_ascii_uppercase();
+        if !upper.starts_with(ENV_PREFIX) || NOT_SETTINGS.contains(&upper.as_str()) {
+            continue;
+        }
+        let path =
+            env_path(&upper[ENV_PREFIX.len()..]).map_err(|reason| ConfigError::EnvName { var: var.clone(), reason })?;
+        settings.push(EnvSetting { var, path, raw });
+    }
+    settings.sort_by(|a, b| a.var.cmp(&b.var));
+    for pair in settings.windows(2) {
+        if pair[0].path == pair[1].path {
+            return Err(ConfigError::EnvName {
+                var: pair[1].var.clone(),
+                reason: format!("`{}` is also set by {}", display_key(&pair[1].path), pair[0].var),
+            });
+        }
+    }
+    Ok(settings)
+}
+
+/// `TOPICS__PARTITIONS` → `["topics", "partitions"]`; `KAFKA__SECURITY_PROTOCOL` →
+/// `["kafka", "security.protocol"]`.
+fn env_path(name: &str) -> Result<Vec<String>, String> {
+    let name = name.to_ascii_lowercase();
+    if let Some(property) = name.strip_prefix("kafka__") {
+        if property.is_empty() || property.contains("__") {
+            return Err("a librdkafka property is ALLREAD_KAFKA__<PROPERTY>, with `_` for each `.` \
+                        (ALLREAD_KAFKA__SECURITY_PROTOCOL sets \"security.protocol\")"
+                .into());
+        }
+        return Ok(vec!["kafka".into(), property.replace('_', ".")]);
+    }
+    let path: Vec<String> = name.split("__").map(str::to_string).collect();
+    if path.iter().any(String::is_empty) {
+        return Err("expected ALLREAD_<KEY> or ALLREAD_<SECTION>__<KEY>, with no empty part".into());
+    }
+    Ok(path)
+}
+
+/// `kafka."security.protocol"`, `topics.partitions`.
+fn display_key(path: &[String]) -> String {
+    let parts: Vec<String> =
+        path.iter().map(|p| if p.contains('.') { format!("\"{p}\"") } else { p.clone() }).collect();
+    parts.join(".")
+}
+
+/// A variable's value: a TOML value if it parses as one, else the text. Where the setting is a
+/// string (or a librdkafka property, all strings), anything but a quoted TOML string is kept
+/// as written, so `ALLREAD_APPLICATION_ID=2024` is the id "2024", not a type error.
+fn env_value(raw: &str, current: Option<&toml::Value>, is_string: bool) -> toml::Value {
+    let is_string = is_string || matches!(current, Some(toml::Value::String(_)));
+    match raw.parse::<toml::Value>() {
+        Ok(value @ toml::Value::String(_)) => value,
+        Ok(value) if !is_string => value,
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut table = table;
+    for part in parents {
+        table = table.get(part)?.as_table()?;
+    }
+    table.get(last)
+}
+
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("a setting's path is not empty");
+    let mut table = table;
+    for (i, part) in parents.iter().enumerate() {
+        let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{}` is a setting, not a section", display_key(&path[..=i]))),
+        };
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Overlays `over` on `base`, section by section.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// For a top-level key that is unknown but exists in a section (`ALLREAD_PARTITIONS`): the
+/// variable that was probably meant.
+fn hint(defaults: &toml::Table, path: &[String]) -> Option<String> {
+    let [key] = path else { return None };
+    if defaults.contains_key(key) {
+        return None;
+    }
+    let meant: Vec<String> = defaults
+        .iter()
+        .filter(|(_, v)| v.as_table().is_some_and(|t| t.contains_key(key)))
+        .map(|(section, _)| format!("{ENV_PREFIX}{}__{}", section.to_ascii_uppercase(), key.to_ascii_uppercase()))
+        .collect();
+    (!meant.is_empty()).then(|| format!(" (did you mean {}?)", meant.join(" or ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +452,63 @@ mod tests {
         let mut c = Config::default();
         c.topics.room_pattern = "chatroom_.*".into();
         assert!(c.validate().unwrap_err().to_string().contains("topics.room_pattern"));
+    }
+}
+
+#[cfg(test)]
+mod layering {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_reaches_every_section() {
+        let dir = tempfile_dir();
+        let file = dir.join("a.toml");
+        std::fs::write(&file, "application_id = \"from-file\"\n[topics]\npartitions = 3\n").unwrap();
+        let cfg = Config::load(
+            Some(&file),
+            env(&[
+                ("ALLREAD_TOPICS__PARTITIONS", "16"),
+                ("ALLREAD_ENGINE__SUPPRESS_TRIVIAL", "true"),
+                ("ALLREAD_HTTP__LISTEN", "127.0.0.1:9000"),
+                ("ALLREAD_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("ALLREAD_APPLICATION_ID", "1234"),
+                ("ALLREAD_CACHE", "/not/a/setting"),
+                ("ALLREAD_CONFIG", "/also/not"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.topics.partitions, 16);
+        assert!(cfg.engine.suppress_trivial);
+        assert_eq!(cfg.http.listen, "127.0.0.1:9000");
+        assert_eq!(cfg.kafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(cfg.application_id, "1234", "a string setting stays a string");
+        let file_only = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!((file_only.application_id.as_str(), file_only.topics.partitions), ("from-file", 3));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_variable() {
+        let err = Config::load(None, env(&[("ALLREAD_TOPICS__PARITIONS", "3")])).unwrap_err().to_string();
+        assert!(err.contains("ALLREAD_TOPICS__PARITIONS") && err.contains("paritions"), "{err}");
+        let err = Config::load(None, env(&[("ALLREAD_TOPICS__PARTITIONS", "many")])).unwrap_err().to_string();
+        assert!(err.contains("ALLREAD_TOPICS__PARTITIONS") && err.contains("not an integer"), "{err}");
+        let err =
+            Config::load(None, env(&[("ALLREAD_ENGINE__SUPPRESS_TRIVIAL", "sometimes")])).unwrap_err().to_string();
+        assert!(err.contains("true or false"), "{err}");
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "allread-config-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

@@ -60,13 +60,10 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// Check a configuration without starting anything.
+    /// Configuration: `allread config check [--print]`.
     Config {
-        #[command(flatten)]
-        settings: Settings,
-        /// Print the effective configuration as TOML.
-        #[arg(long)]
-        print: bool,
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Describe the processor's topology, create its topics, or check them for drift.
     Topology {
@@ -92,6 +89,19 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the effective configuration (defaults < file < ALLREAD_* < flags) without
+    /// starting anything; exit 1 naming the first problem.
+    Check {
+        #[command(flatten)]
+        settings: Settings,
+        /// Print the effective configuration as TOML.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum TopologyAction {
     /// Print the topology as Kafka Streams' Topology#describe() does (or as Mermaid).
     Describe {
@@ -112,29 +122,27 @@ enum TopologyAction {
     },
 }
 
-/// Settings: defaults, then the TOML file, then these flags.
+/// Settings: defaults, then the TOML file, then `ALLREAD_<SECTION>__<KEY>` environment
+/// variables, then these flags.
 #[derive(clap::Args)]
 struct Settings {
     /// A TOML configuration file (see README: configuration).
     #[arg(long, short = 'c', env = "ALLREAD_CONFIG")]
     config: Option<PathBuf>,
-    #[arg(long, env = "ALLREAD_BOOTSTRAP_SERVERS")]
+    #[arg(long)]
     bootstrap_servers: Option<String>,
-    #[arg(long, env = "ALLREAD_APPLICATION_ID")]
+    #[arg(long)]
     application_id: Option<String>,
-    #[arg(long, env = "ALLREAD_STATE_DIR")]
+    #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Partitions of the repartition topic (the number of tasks).
-    #[arg(long, env = "ALLREAD_PARTITIONS")]
+    #[arg(long)]
     partitions: Option<i32>,
 }
 
 impl Settings {
     fn load(&self) -> anyhow::Result<Config> {
-        let mut cfg = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        let mut cfg = Config::load(self.config.as_deref(), std::env::vars())?;
         if let Some(v) = &self.bootstrap_servers {
             cfg.bootstrap_servers = v.clone();
         }
@@ -178,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             init_logs(cli.log_format);
             run_demo(DemoOptions { bootstrap, seconds, seed })
         }
-        Command::Config { settings, print } => {
+        Command::Config { action: ConfigAction::Check { settings, print } } => {
             let cfg = settings.load()?;
             if print {
                 print!("{}", toml::to_string(&cfg)?);
