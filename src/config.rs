@@ -145,92 +145,86 @@ pub enum ConfigError {
     EnvName { var: String, reason: String },
     #[error("invalid setting `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
-    #[error("{variable}: {reason}")]
-    Env { variable: String, reason: String },
 }
 
-/// `ALLREAD_*` variables that are not settings (the config file's path, the scripts' caches).
-const NOT_SETTINGS: &[&str] = &["CONFIG", "CACHE", "KAFKA_HOME", "BENCH_DIR"];
+/// The prefix of the environment variables that hold settings.
+const ENV_PREFIX: &str = "ALLREAD_";
+
+/// Variables with the prefix that are not settings: the file's path (`--config`) and the
+/// scripts' caches. Compared case-insensitively, as the settings' names are.
+const NOT_SETTINGS: [&str; 4] = ["ALLREAD_CONFIG", "ALLREAD_CACHE", "ALLREAD_KAFKA_HOME", "ALLREAD_BENCH_DIR"];
+
+/// The settings given as command-line flags: the last layer, over the environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub bootstrap_servers: Option<String>,
+    pub application_id: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    /// `topics.partitions`.
+    pub partitions: Option<i32>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(v) = &self.bootstrap_servers {
+            cfg.bootstrap_servers = v.clone();
+        }
+        if let Some(v) = &self.application_id {
+            cfg.application_id = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            cfg.state_dir = v.clone();
+        }
+        if let Some(v) = self.partitions {
+            cfg.topics.partitions = v;
+        }
+    }
+}
 
 impl Config {
-    /// Defaults, then the TOML `file`, then `ALLREAD_<SECTION>__<KEY>` variables from `env`
-    /// (`ALLREAD_TOPICS__PARTITIONS=16`; under `KAFKA__`, single underscores are dots:
-    /// `ALLREAD_KAFKA__SECURITY_PROTOCOL` is `kafka."security.protocol"`). Unknown keys and
-    /// bad values are errors naming the key and, for variables, the variable.
+    /// Defaults, then the TOML `file`, then the `ALLREAD_*` variables among `env`. Pure: the
+    /// caller passes the environment (the binary passes its own), so tests need not touch the
+    /// process's. Flags come last ([`Overrides::apply`]), then [`Config::validate`].
+    ///
+    /// `ALLREAD_<SECTION>__<KEY>` (case-insensitive, `__` between levels) sets
+    /// `<section>.<key>`: `ALLREAD_TOPICS__PARTITIONS=16`, `ALLREAD_APPLICATION_ID=x`. Under
+    /// `KAFKA__` each `_` is a `.`: `ALLREAD_KAFKA__SECURITY_PROTOCOL` sets the librdkafka
+    /// property `kafka."security.protocol"`. A value is read as a TOML value when it parses as
+    /// one (`16`, `true`), else as a string, and a setting that is a string (as every librdkafka
+    /// property is) takes the text as written; serde then checks the type. An unknown key or a
+    /// value of the wrong type is an error naming the variable and the key.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
-            }
-            None => toml::Table::new(),
-        };
-        let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
-        let mut from_env = Vec::new();
-        for (name, value) in env {
-            let Some(rest) = name.to_ascii_uppercase().strip_prefix("ALLREAD_").map(str::to_string) else { continue };
-            if NOT_SETTINGS.contains(&rest.as_str()) {
-                continue;
-            }
-            let mut path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            if path.len() == 2 && path[0] == "kafka" {
-                path[1] = path[1].replace('_', ".");
-            }
-            let invalid = |reason: String| ConfigError::Env { variable: name.clone(), reason };
-            let expected = path
-                .split_last()
-                .and_then(|(last, parents)| {
-                    parents.iter().try_fold(&defaults, |t, k| t.get(k).and_then(toml::Value::as_table))?.get(last)
-                })
-                .cloned();
-            let typed = match expected {
-                // librdkafka properties are strings, like every string setting.
-                _ if path[0] == "kafka" => toml::Value::String(value.clone()),
-                Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
-                Some(toml::Value::Integer(_)) => value
-                    .trim()
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| invalid(format!("`{value}` is not an integer")))?,
-                Some(toml::Value::Boolean(_)) => value
-                    .trim()
-                    .parse::<bool>()
-                    .map(toml::Value::Boolean)
-                    .map_err(|_| invalid(format!("`{value}` is not true or false")))?,
-                _ => format!("v = {value}")
-                    .parse::<toml::Table>()
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or(toml::Value::String(value.clone())),
-            };
-            let (last, parents) = path.split_last().ok_or_else(|| invalid("names no setting".into()))?;
-            let mut at = &mut table;
-            for key in parents {
-                at = at
-                    .entry(key.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| invalid(format!("`{key}` is not a section")))?;
-            }
-            at.insert(last.clone(), typed);
-            from_env.push((path.join("."), name.clone()));
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize to TOML");
+        let mut table = defaults.clone();
+        if let Some(path) = file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let parse_error = |message| ConfigError::Parse { path: path.into(), message };
+            // Deserializing the text itself first: its errors show the offending line.
+            Self::from_toml(&text).map_err(parse_error)?;
+            let from_file = text.parse::<toml::Table>().map_err(|e| parse_error(e.to_string().trim_end().into()))?;
+            merge(&mut table, from_file);
         }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let message = e.to_string();
-            // Name the variable when the offending key came from the environment.
-            let culprit = from_env
-                .iter()
-                .find(|(key, _)| key.rsplit('.').next().is_some_and(|leaf| message.contains(&format!("`{leaf}`"))));
-            match (culprit, file) {
-                (Some((key, variable)), _) => {
-                    ConfigError::Env { variable: variable.clone(), reason: format!("{key}: {message}") }
-                }
-                (None, Some(path)) => ConfigError::Parse { path: path.into(), message },
-                (None, None) => ConfigError::Parse { path: "(defaults)".into(), message },
+        let mut cfg: Config = table.clone().try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: file.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf),
+            message: e.message().to_string(),
+        })?;
+        // One variable at a time, so that an error is pinned on the variable that caused it.
+        for EnvSetting { var, path, raw } in env_settings(env)? {
+            let key = display_key(&path);
+            let value = env_value(&raw, lookup(&table, &path), path[0] == "kafka");
+            if let Err(message) = insert(&mut table, &path, value) {
+                return Err(ConfigError::Env { var, key, message });
             }
-        })
+            cfg = table.clone().try_into().map_err(|e: toml::de::Error| {
+                let mut message = e.message().to_string();
+                if let Some(hint) = hint(&defaults, &path) {
+                    message.push_str(&hint);
+                }
+                ConfigError::Env { var, key, message }
+            })?;
+        }
+        Ok(cfg)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -463,52 +457,171 @@ mod layering {
         vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Config, String> {
+        Config::load(None, env(vars)).map_err(|e| e.to_string())
+    }
+
     #[test]
-    fn environment_overrides_the_file_and_reaches_every_section() {
-        let dir = tempfile_dir();
-        let file = dir.join("a.toml");
-        std::fs::write(&file, "application_id = \"from-file\"\n[topics]\npartitions = 3\n").unwrap();
-        let cfg = Config::load(
-            Some(&file),
-            env(&[
-                ("ALLREAD_TOPICS__PARTITIONS", "16"),
-                ("ALLREAD_ENGINE__SUPPRESS_TRIVIAL", "true"),
-                ("ALLREAD_HTTP__LISTEN", "127.0.0.1:9000"),
-                ("ALLREAD_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
-                ("ALLREAD_APPLICATION_ID", "1234"),
-                ("ALLREAD_CACHE", "/not/a/setting"),
-                ("ALLREAD_CONFIG", "/also/not"),
-                ("PATH", "/bin"),
-            ]),
-        )
+    fn file_then_environment_then_flags() {
+        let file = toml_file(
+            "application_id = \"from-file\"\n[topics]\npartitions = 3\nreplication_factor = 2\n\
+             [http]\nlisten = \"127.0.0.1:1\"\n[engine]\nsuppress_trivial = false\nlarge_room_member_limit = 50\n",
+        );
+        let vars = env(&[
+            ("ALLREAD_APPLICATION_ID", "from-env"),
+            ("ALLREAD_TOPICS__PARTITIONS", "16"),
+            ("ALLREAD_ENGINE__SUPPRESS_TRIVIAL", "true"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let c = Config::load(Some(file.path()), vars.clone()).unwrap();
+        assert_eq!(c.application_id, "from-env");
+        assert_eq!(c.topics.partitions, 16);
+        assert!(c.engine.suppress_trivial);
+        // What the environment does not set comes from the file, then the defaults.
+        assert_eq!(c.topics.replication_factor, 2);
+        assert_eq!(c.engine.large_room_member_limit, 50);
+        assert_eq!(c.http.listen, "127.0.0.1:1");
+        assert_eq!(c.bootstrap_servers, Config::default().bootstrap_servers);
+        assert_eq!(c.topics.room_prefix, Config::default().topics.room_prefix);
+
+        let flags = Overrides {
+            application_id: Some("from-flag".into()),
+            partitions: Some(4),
+            bootstrap_servers: Some("kafka:9092".into()),
+            state_dir: Some("/var/lib/allread".into()),
+        };
+        let mut c = Config::load(Some(file.path()), vars).unwrap();
+        flags.apply(&mut c);
+        assert_eq!(c.application_id, "from-flag");
+        assert_eq!(c.topics.partitions, 4);
+        assert_eq!(c.bootstrap_servers, "kafka:9092");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/allread"));
+        assert!(c.engine.suppress_trivial, "flags change only what they name");
+
+        let c = Config::load(Some(file.path()), env(&[])).unwrap();
+        assert_eq!((c.application_id.as_str(), c.topics.partitions), ("from-file", 3));
+        assert_eq!(Config::load(None, env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_values_take_the_settings_type() {
+        let c = load_env(&[
+            ("allread_http__listen", "127.0.0.1:9000"),
+            ("Allread_Http__Advertised", "allread-1:9464"),
+            ("ALLREAD_APPLICATION_ID", "1234"),
+            ("ALLREAD_TOPICS__OUTPUT_PARTITIONS", "4"),
+            ("ALLREAD_TOPICS__READ", "\"quoted\""),
+            ("ALLREAD_STATE_DIR", "/var/lib/allread/state"),
+        ])
         .unwrap();
-        assert_eq!(cfg.topics.partitions, 16);
-        assert!(cfg.engine.suppress_trivial);
-        assert_eq!(cfg.http.listen, "127.0.0.1:9000");
-        assert_eq!(cfg.kafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
-        assert_eq!(cfg.application_id, "1234", "a string setting stays a string");
-        let file_only = Config::load(Some(&file), env(&[])).unwrap();
-        assert_eq!((file_only.application_id.as_str(), file_only.topics.partitions), ("from-file", 3));
+        assert_eq!(c.http.listen, "127.0.0.1:9000");
+        assert_eq!(c.http.advertised.as_deref(), Some("allread-1:9464"));
+        assert_eq!(c.application_id, "1234", "a string setting stays a string");
+        assert_eq!(c.topics.output_partitions, Some(4));
+        assert_eq!(c.topics.read, "quoted", "a TOML string is unquoted");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/allread/state"));
+        c.validate().unwrap();
     }
 
     #[test]
-    fn unknown_keys_and_bad_values_name_the_variable() {
-        let err = Config::load(None, env(&[("ALLREAD_TOPICS__PARITIONS", "3")])).unwrap_err().to_string();
-        assert!(err.contains("ALLREAD_TOPICS__PARITIONS") && err.contains("paritions"), "{err}");
-        let err = Config::load(None, env(&[("ALLREAD_TOPICS__PARTITIONS", "many")])).unwrap_err().to_string();
-        assert!(err.contains("ALLREAD_TOPICS__PARTITIONS") && err.contains("not an integer"), "{err}");
-        let err =
-            Config::load(None, env(&[("ALLREAD_ENGINE__SUPPRESS_TRIVIAL", "sometimes")])).unwrap_err().to_string();
-        assert!(err.contains("true or false"), "{err}");
+    fn kafka_variables_set_dotted_librdkafka_properties() {
+        let file = toml_file("[kafka]\n\"client.rack\" = \"eu-1a\"\n\"security.protocol\" = \"PLAINTEXT\"\n");
+        let vars = env(&[
+            ("ALLREAD_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+            ("allread_kafka__sasl_mechanism", "PLAIN"),
+            ("ALLREAD_KAFKA__SESSION_TIMEOUT_MS", "45000"),
+            ("ALLREAD_KAFKA__ENABLE_IDEMPOTENCE", "true"),
+        ]);
+        let c = Config::load(Some(file.path()), vars).unwrap();
+        let expected: BTreeMap<String, String> = [
+            ("client.rack", "eu-1a"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "PLAIN"),
+            ("session.timeout.ms", "45000"),
+            ("enable.idempotence", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(c.kafka, expected, "properties are strings, whatever they look like");
+
+        let err = load_env(&[("ALLREAD_KAFKA__SECURITY__PROTOCOL", "SSL")]).unwrap_err();
+        assert!(
+            err.contains("ALLREAD_KAFKA__SECURITY__PROTOCOL") && err.contains("ALLREAD_KAFKA__<PROPERTY>"),
+            "{err}"
+        );
     }
 
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "allread-config-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    #[test]
+    fn variables_that_are_not_settings_are_ignored() {
+        let c = load_env(&[
+            ("ALLREAD_CONFIG", "/etc/allread.toml"),
+            ("ALLREAD_CACHE", "/root/.cache/allread"),
+            ("allread_cache", "/elsewhere"),
+            ("ALLREAD_KAFKA_HOME", "/root/.cache/allread/kafka-run"),
+            ("ALLREAD_BENCH_DIR", "/tmp/bench"),
+            ("KAFKA_BOOTSTRAP", "kafka:9092"),
+            ("ALLREADX_TOPICS__PARTITIONS", "3"),
+            ("PATH", "/bin"),
+        ])
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn an_unknown_key_from_the_environment_is_named() {
+        let err = load_env(&[("ALLREAD_TOPICS__PARITIONS", "3")]).unwrap_err();
+        assert!(err.contains("environment variable ALLREAD_TOPICS__PARITIONS"), "{err}");
+        assert!(err.contains("`topics.paritions`") && err.contains("unknown field `paritions`"), "{err}");
+
+        let err = load_env(&[("ALLREAD_NOPE__X", "1")]).unwrap_err();
+        assert!(err.contains("ALLREAD_NOPE__X") && err.contains("unknown field `nope`"), "{err}");
+
+        // The former variable of --partitions: the error says where the setting lives now.
+        let err = load_env(&[("ALLREAD_PARTITIONS", "3")]).unwrap_err();
+        assert!(err.contains("unknown field `partitions`") && err.contains("ALLREAD_TOPICS__PARTITIONS"), "{err}");
+
+        let err = load_env(&[("ALLREAD_APPLICATION_ID__X", "1")]).unwrap_err();
+        assert!(err.contains("`application_id` is a setting, not a section"), "{err}");
+        let err = load_env(&[("ALLREAD_TOPICS__", "1")]).unwrap_err();
+        assert!(err.contains("ALLREAD_TOPICS__") && err.contains("no empty part"), "{err}");
+        let err = load_env(&[("ALLREAD_TOPICS__PARTITIONS", "3"), ("allread_topics__partitions", "4")]).unwrap_err();
+        assert!(err.contains("is also set by"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named() {
+        let err = load_env(&[("ALLREAD_TOPICS__PARTITIONS", "many")]).unwrap_err();
+        assert!(err.contains("ALLREAD_TOPICS__PARTITIONS") && err.contains("`topics.partitions`"), "{err}");
+        assert!(err.contains("invalid type") && err.contains("i32"), "{err}");
+
+        let err = load_env(&[("ALLREAD_ENGINE__SUPPRESS_TRIVIAL", "sometimes")]).unwrap_err();
+        assert!(err.contains("`engine.suppress_trivial`") && err.contains("bool"), "{err}");
+
+        // An optional setting, absent from the defaults, is checked as well.
+        let err = load_env(&[("ALLREAD_TOPICS__OUTPUT_PARTITIONS", "many")]).unwrap_err();
+        assert!(err.contains("ALLREAD_TOPICS__OUTPUT_PARTITIONS") && err.contains("i32"), "{err}");
+
+        let err = load_env(&[("ALLREAD_PROCESSING__COMMIT_INTERVAL_MS", "-5")]).unwrap_err();
+        assert!(err.contains("`processing.commit_interval_ms`"), "{err}");
+
+        // A value of the right type that validation rejects is named by validation.
+        let c = load_env(&[("ALLREAD_HTTP__LISTEN", "nowhere")]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("http.listen"));
+    }
+
+    #[test]
+    fn file_errors_still_name_the_key_and_line() {
+        let file = toml_file("application_id = \"a\"\n[topics]\nparitions = 3\n");
+        let err = Config::load(Some(file.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("paritions") && err.contains("line 3"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/allread.toml")), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/allread.toml"), "{err}");
     }
 }

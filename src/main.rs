@@ -142,19 +142,17 @@ struct Settings {
 
 impl Settings {
     fn load(&self) -> anyhow::Result<Config> {
-        let mut cfg = Config::load(self.config.as_deref(), std::env::vars())?;
-        if let Some(v) = &self.bootstrap_servers {
-            cfg.bootstrap_servers = v.clone();
-        }
-        if let Some(v) = &self.application_id {
-            cfg.application_id = v.clone();
-        }
-        if let Some(v) = &self.state_dir {
-            cfg.state_dir = v.clone();
-        }
-        if let Some(v) = self.partitions {
-            cfg.topics.partitions = v;
-        }
+        // vars_os: std::env::vars would panic on any variable that is not UTF-8, ours or not.
+        let env =
+            std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
+        let mut cfg = Config::load(self.config.as_deref(), env)?;
+        let flags = allread::config::Overrides {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            application_id: self.application_id.clone(),
+            state_dir: self.state_dir.clone(),
+            partitions: self.partitions,
+        };
+        flags.apply(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }

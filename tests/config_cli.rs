@@ -6,7 +6,9 @@ fn check(file: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> (bool, Str
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_allread"));
     cmd.args(["config", "check"]).args(extra);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ALLREAD_")) {
+    // Not env_clear: only our settings are taken away (names are case-insensitive).
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().to_ascii_uppercase().starts_with("ALLREAD_"))
+    {
         cmd.env_remove(k);
     }
     if let Some(text) = file {
@@ -28,6 +30,11 @@ fn an_unknown_key_in_the_file_is_refused_by_name() {
     let (ok, _, stderr) = check(Some("[topics]\nparitions = 3\n"), &[], &[]);
     assert!(!ok);
     assert!(stderr.contains("paritions"), "{stderr}");
+    assert!(!stderr.contains("configuration is valid"), "{stderr}");
+
+    let (ok, _, stderr) = check(None, &[("ALLREAD_TOPICS__PARITIONS", "3")], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("ALLREAD_TOPICS__PARITIONS") && stderr.contains("paritions"), "{stderr}");
 }
 
 #[test]
@@ -35,6 +42,7 @@ fn a_bad_environment_value_is_refused_naming_the_variable() {
     let (ok, _, stderr) = check(None, &[("ALLREAD_TOPICS__PARTITIONS", "many")], &[]);
     assert!(!ok);
     assert!(stderr.contains("ALLREAD_TOPICS__PARTITIONS"), "{stderr}");
+    assert!(stderr.contains("topics.partitions") && stderr.contains("i32"), "{stderr}");
 }
 
 #[test]
@@ -45,7 +53,7 @@ fn environment_over_file_and_flags_over_environment() {
         &["--print", "--application-id", "flag"],
     );
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("partitions = 16"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "partitions = 16"), "{stdout}");
     assert!(stdout.contains("application_id = \"flag\""), "{stdout}");
     assert!(stderr.contains("configuration is valid"));
 }
@@ -53,6 +61,10 @@ fn environment_over_file_and_flags_over_environment() {
 #[test]
 fn an_invalid_value_is_refused_naming_the_setting() {
     let (ok, _, stderr) = check(Some("[http]\nlisten = \"everywhere\"\n"), &[], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("http.listen"), "{stderr}");
+
+    let (ok, _, stderr) = check(None, &[("ALLREAD_HTTP__LISTEN", "everywhere")], &[]);
     assert!(!ok);
     assert!(stderr.contains("http.listen"), "{stderr}");
 }
