@@ -89,6 +89,7 @@ pub struct Hooks {
 pub struct Handle {
     processor: OnceLock<Arc<Mutex<Processor>>>,
     config: OnceLock<Arc<Config>>,
+    lookup: OnceLock<rdkafka::consumer::BaseConsumer>,
 }
 
 /// Why a query cannot be answered here.
@@ -107,12 +108,19 @@ impl Handle {
     pub fn owner_of(&self, room: &str) -> Option<String> {
         let cfg = self.config.get()?;
         let task = partition_for(room.as_bytes(), cfg.topics.partitions);
-        let client: rdkafka::consumer::BaseConsumer = with_passthrough(base_client_config(cfg), cfg)
-            .create()
-            .map_err(|e| warn!(error = %e, "lookup client"))
-            .ok()?;
+        // One client for all lookups: outside the group, it only reads the group's members.
+        let client = match self.lookup.get() {
+            Some(c) => c,
+            None => {
+                let c: rdkafka::consumer::BaseConsumer = with_passthrough(base_client_config(cfg), cfg)
+                    .create()
+                    .map_err(|e| warn!(error = %e, "creating the owner lookup client"))
+                    .ok()?;
+                self.lookup.get_or_init(|| c)
+            }
+        };
         crate::kafka::group::owner_address(
-            &client,
+            client,
             &cfg.application_id,
             &cfg.repartition_topic(),
             task,
