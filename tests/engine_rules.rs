@@ -299,3 +299,29 @@ fn rule_11_large_rooms_keep_positions_but_not_completions() {
     assert_eq!(r.read("c", "m2"), NONE);
     assert_eq!(r.unread("c"), Some(0));
 }
+
+#[test]
+fn reads_of_rooms_that_never_exist_leave_nothing_once_expired() {
+    let config = EngineConfig { parked_read_ttl_ms: 100, ..EngineConfig::default() };
+    let mut r = Room::with(config);
+    for i in 0..50 {
+        r.engine
+            .apply(
+                &Event::Read {
+                    room_id: id(&format!("bogus-{i}")),
+                    user_id: id("eve"),
+                    message_id: id("m1"),
+                    read_at: 0,
+                    scope: ReadScope::UpTo,
+                },
+                r.now,
+            )
+            .unwrap();
+    }
+    r.engine.commit(Vec::new()).unwrap();
+    assert!(r.engine.store().len() >= 100, "parked reads and their expiry entries are stored");
+    r.tick(100);
+    r.engine.commit(Vec::new()).unwrap();
+    assert_eq!(r.engine.outcomes().parked_read_expired, 50);
+    assert_eq!(r.engine.store().len(), 0, "nothing of the bogus rooms is left");
+}

@@ -64,6 +64,8 @@ pub(crate) struct Room {
     pub dirty: Dirty,
     /// Whether the engine has this room in its list of rooms to flush.
     pub listed_dirty: bool,
+    /// Whether the room's meta key is in the store.
+    pub meta_persisted: bool,
     pub last_used: u64,
     /// The weight counted for this room in the cache at the last commit.
     pub weight: usize,
@@ -85,6 +87,7 @@ impl Room {
             parked_persisted: HashSet::new(),
             dirty: Dirty::default(),
             listed_dirty: false,
+            meta_persisted: false,
             last_used: 0,
             weight: 1,
         }
@@ -192,6 +195,7 @@ impl Room {
     fn load_entry(&mut self, key: &[u8], suffix: &[u8], value: &[u8]) -> Result<(), StoreError> {
         match persist::parse_room_suffix(key, suffix)? {
             RoomEntry::Meta => {
+                self.meta_persisted = true;
                 let meta: MetaV1 = persist::decode(key, value)?;
                 self.last_seq = meta.last_seq;
                 self.next_park_seq = meta.next_park_seq;
@@ -247,9 +251,20 @@ impl Room {
     pub fn flush_into(&mut self, batch: &mut WriteBatch) {
         let dirty = std::mem::take(&mut self.dirty);
         let room = &*self.id;
-        if dirty.meta {
+        let holds_nothing =
+            self.last_seq == 0 && self.members.is_empty() && self.pending.is_empty() && self.parked.is_empty();
+        if holds_nothing {
+            // A room that only ever saw reads (of messages that never came) leaves nothing
+            // behind once they expire: otherwise bogus room ids would accumulate forever.
+            if self.meta_persisted {
+                batch.delete(persist::meta_key(room));
+                self.meta_persisted = false;
+            }
+            self.next_park_seq = 0;
+        } else if dirty.meta {
             let meta = MetaV1 { last_seq: self.last_seq, next_park_seq: self.next_park_seq };
             batch.put(persist::meta_key(room), persist::encode(&meta));
+            self.meta_persisted = true;
         }
         for user in dirty.members {
             let key = persist::member_key(room, &user);
