@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use super::context::RuntimeContext;
 use super::task::{Task, TaskError};
@@ -288,6 +288,7 @@ impl Processor {
                 Ok(())
             }
             Err(TaskError::Envelope(e)) => {
+                let _task = info_span!("task", task = partition).entered();
                 // Only allread writes this topic; a record it cannot read is a bug or a
                 // foreign writer. Count it loudly and go on.
                 error!(partition, offset = m.offset(), error = %e, "skipping a corrupt repartition record");
@@ -331,6 +332,7 @@ impl Processor {
             return Err(RuntimeError::Delivery { failed: n, first });
         }
         for (partition, task) in self.tasks.iter_mut() {
+            let _task = info_span!("task", task = *partition).entered();
             task.commit().map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
         }
         let mut tpl = TopicPartitionList::new();
@@ -373,6 +375,7 @@ impl Processor {
         let _ = self.producer.context().take_failures();
         let tasks = std::mem::take(&mut self.tasks);
         for (partition, task) in tasks {
+            let _task = info_span!("task", task = partition).entered();
             match task.rewind() {
                 Ok(task) => {
                     let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
@@ -417,6 +420,7 @@ impl Processor {
             tpl.elements().iter().filter(|e| self.is_repartition(e.topic())).map(|e| e.partition()).collect();
         for partition in mine {
             let dir = self.cfg.task_dir(partition);
+            let _task = info_span!("task", task = partition).entered();
             match Task::open(partition, dir.clone(), self.cfg.engine.clone(), &self.rocks) {
                 Ok(task) => {
                     // Resume where the local state is. Without local state, rebuild it from
@@ -490,7 +494,7 @@ impl Processor {
     /// called every few seconds).
     pub fn update_lag(&self, consumer: &Consumer_) {
         for (partition, task) in &self.tasks {
-            let watermarks = consumer.fetch_watermarks(&self.repartition, *partition, Duration::from_millis(200));
+            let watermarks = consumer.fetch_watermarks(&self.repartition, *partition, Duration::from_secs(1));
             if let (Ok((_, high)), Some(position)) = (watermarks, task.position()) {
                 self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set((high - position).max(0));
             }
