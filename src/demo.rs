@@ -287,7 +287,7 @@ pub fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         done.len(),
         per_room.iter().map(|(r, n)| format!("{r}: {n}")).collect::<Vec<_>>().join(", "),
         sent.saturating_sub(done.len()),
-        report.stats.dead_lettered);
+        report.dead_lettered);
     println!(
         "engine: {} parked reads applied, {} reads by non-members, {} duplicates",
         report.outcomes.parked_read_applied, report.outcomes.read_by_non_member, report.outcomes.duplicate_message

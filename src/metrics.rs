@@ -18,6 +18,10 @@ pub struct Metrics {
     /// Undecodable records by `kind` (see `DecodeError::kind`).
     pub decode_failures: IntCounterVec,
     pub dead_lettered: IntCounter,
+    /// Input records written to the repartition topic.
+    pub routed: IntCounter,
+    /// Repartition records that could not be read (only allread writes that topic).
+    pub corrupt_repartition_records: IntCounter,
     pub receipts: IntCounter,
     /// Engine outcomes by `outcome` (see `Outcomes`).
     pub engine_outcomes: IntCounterVec,
@@ -94,6 +98,12 @@ impl Metrics {
                 &r,
                 "allread_dead_lettered_records_total",
                 "Records written to the dead-letter topic.",
+            ),
+            routed: counter(&r, "allread_routed_records_total", "Input records written to the repartition topic."),
+            corrupt_repartition_records: counter(
+                &r,
+                "allread_corrupt_repartition_records_total",
+                "Repartition records that could not be read and were skipped.",
             ),
             receipts: counter(&r, "allread_receipts_emitted_total", "receipt_complete records produced."),
             engine_outcomes: counter_vec(

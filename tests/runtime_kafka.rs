@@ -107,6 +107,8 @@ fn the_spec_worked_example_end_to_end() {
         (r#"allread_input_records_total{source="room"}"#, 7.0),
         (r#"allread_input_records_total{source="read"}"#, 2.0),
         ("allread_receipts_emitted_total", 2.0),
+        ("allread_routed_records_total", 9.0),
+        ("allread_corrupt_repartition_records_total", 0.0),
         (r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#, 2.0),
         (r#"allread_engine_outcomes_total{outcome="join_applied"}"#, 4.0),
         (r#"allread_engine_outcomes_total{outcome="leave_applied"}"#, 1.0),

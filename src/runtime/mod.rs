@@ -27,7 +27,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::ThreadedProducer;
 use tracing::{error, info, warn};
 
-pub use processor::{now_ms, Stats};
+pub use processor::now_ms;
 
 use self::context::RuntimeContext;
 use self::processor::{DeliveryContext, Processor};
@@ -65,10 +65,12 @@ impl From<KafkaError> for RuntimeError {
     }
 }
 
-/// What a run did, returned when it stops.
+/// What a run did, returned when it stops (read from the metrics, which count everything).
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
-    pub stats: Stats,
+    pub routed: u64,
+    pub receipts: u64,
+    pub dead_lettered: u64,
     pub outcomes: Outcomes,
 }
 
@@ -237,13 +239,13 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     drop(consumer);
     let p = lock(&processor);
     p.flush_producer(Duration::from_secs(10));
-    let report = RunReport { stats: p.stats.clone(), outcomes: p.outcomes() };
-    info!(
-        routed = report.stats.routed,
-        receipts = report.stats.receipts,
-        dead_lettered = report.stats.dead_lettered,
-        "allread stopped"
-    );
+    let report = RunReport {
+        routed: p.metrics.routed.get(),
+        receipts: p.metrics.receipts.get(),
+        dead_lettered: p.metrics.dead_lettered.get(),
+        outcomes: p.outcomes(),
+    };
+    info!(routed = report.routed, receipts = report.receipts, dead_lettered = report.dead_lettered, "allread stopped");
     result.map(|()| report)
 }
 

@@ -66,18 +66,6 @@ impl DeliveryContext {
     }
 }
 
-/// Totals since the process started, for logs, the demo's summary and metrics.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    pub routed: u64,
-    pub dead_lettered: u64,
-    pub decode_failures: BTreeMap<&'static str, u64>,
-    pub receipts: u64,
-    pub corrupt_repartition_records: u64,
-    pub rewinds: u64,
-    pub commits: u64,
-}
-
 pub struct Processor {
     cfg: Arc<Config>,
     producer: ThreadedProducer<DeliveryContext>,
@@ -90,7 +78,6 @@ pub struct Processor {
     routed: HashMap<(String, i32), i64>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
     kafka_committed: HashMap<i32, i64>,
-    pub stats: Stats,
     pub(crate) metrics: Arc<Metrics>,
     /// Engine outcomes already added to the metrics.
     exported_outcomes: Outcomes,
@@ -144,7 +131,6 @@ impl Processor {
             tasks: BTreeMap::new(),
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
-            stats: Stats::default(),
             metrics,
             exported_outcomes: Outcomes::default(),
             assigned: false,
@@ -212,7 +198,7 @@ impl Processor {
                     record = record.timestamp(ts);
                 }
                 send(&self.producer, record)?;
-                self.stats.routed += 1;
+                self.metrics.routed.inc();
             }
             Err(e) => self.dead_letter(m, &e)?,
         }
@@ -253,10 +239,8 @@ impl Processor {
         }
         send(&self.producer, record)?;
         warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = e.kind(), error = %e, "dead-lettered an undecodable record");
-        self.stats.dead_lettered += 1;
         self.metrics.dead_lettered.inc();
         self.metrics.decode_failures.with_label_values(&[e.kind()]).inc();
-        *self.stats.decode_failures.entry(e.kind()).or_default() += 1;
         Ok(())
     }
 
@@ -280,7 +264,6 @@ impl Processor {
                     let value = encode_receipt(r);
                     let record = BaseRecord::to(&self.cfg.topics.output).key(r.room_id.as_bytes()).payload(&value[..]);
                     send(&self.producer, record)?;
-                    self.stats.receipts += 1;
                     if let Some(f) = self.on_receipt.as_mut() {
                         f(r);
                     }
@@ -292,7 +275,7 @@ impl Processor {
                 // Only allread writes this topic; a record it cannot read is a bug or a
                 // foreign writer. Count it loudly and go on.
                 error!(partition, offset = m.offset(), error = %e, "skipping a corrupt repartition record");
-                self.stats.corrupt_repartition_records += 1;
+                self.metrics.corrupt_repartition_records.inc();
                 Ok(())
             }
             Err(TaskError::Engine(e)) => Err(RuntimeError::Engine { partition, source: e }),
@@ -359,14 +342,12 @@ impl Processor {
                 self.kafka_committed.extend(tasks_committed);
             }
         }
-        self.stats.commits += 1;
         Ok(())
     }
 
     /// After a failure: forget everything uncommitted and re-read from the committed
     /// positions, as Kafka Streams revives a task. Output already produced stays (at-least-once).
     pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
-        self.stats.rewinds += 1;
         self.metrics.rewinds.inc();
         // The rewound engines count again what they re-apply; count only the new.
         self.exported_outcomes = self.outcomes();
