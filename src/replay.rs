@@ -64,11 +64,8 @@ pub fn decode_record(
     value: &[u8],
     limits: &DecodeLimits,
 ) -> Option<Result<Event, DecodeError>> {
-    if topic == topics.read_topic {
-        Some(codec::decode_read_event(value, limits))
-    } else {
-        topic.strip_prefix(topics.room_prefix.as_str()).map(|room| codec::decode_room_event(value, Some(room), limits))
-    }
+    let known = topic == topics.read_topic || topic.starts_with(topics.room_prefix.as_str());
+    known.then(|| codec::decode_input(topic, &topics.read_topic, &topics.room_prefix, value, limits))
 }
 
 /// Replays `input` through `engine`, calling `emit` for every receipt. A line's `timestamp`

@@ -270,6 +270,23 @@ pub fn decode_room_event(bytes: &[u8], topic_room: Option<&str>, limits: &Decode
     }
 }
 
+/// Decodes a record of any input topic: the read topic's records as reads, every other
+/// (pattern-matched) topic's as room events, with the room named by the part of the topic
+/// after `room_prefix` (none if the name lacks the prefix: the record must carry `room_id`).
+pub fn decode_input(
+    topic: &str,
+    read_topic: &str,
+    room_prefix: &str,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Event, DecodeError> {
+    if topic == read_topic {
+        decode_read_event(bytes, limits)
+    } else {
+        decode_room_event(bytes, topic.strip_prefix(room_prefix), limits)
+    }
+}
+
 /// Decodes a record of the read topic.
 pub fn decode_read_event(bytes: &[u8], limits: &DecodeLimits) -> Result<Event, DecodeError> {
     let raw = parse(bytes, limits)?;

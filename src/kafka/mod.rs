@@ -26,8 +26,3 @@ pub fn with_passthrough(mut c: ClientConfig, cfg: &Config) -> ClientConfig {
     }
     c
 }
-
-/// The room id named by a room topic, if `topic` is one.
-pub fn room_of_topic<'a>(cfg: &Config, topic: &'a str) -> Option<&'a str> {
-    topic.strip_prefix(cfg.topics.room_prefix.as_str())
-}

@@ -28,7 +28,6 @@ use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
 use crate::config::Config;
 use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
-use crate::kafka::room_of_topic;
 use crate::metrics::Metrics;
 use crate::receipts::{Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
@@ -176,12 +175,8 @@ impl Processor {
         let source = if topic == self.cfg.topics.read { "read" } else { "room" };
         self.metrics.input_records.with_label_values(&[source]).inc();
         self.metrics.input_bytes.with_label_values(&[source]).inc_by(payload.len() as u64);
-        let decoded = if topic == self.cfg.topics.read {
-            codec::decode_read_event(payload, &self.limits)
-        } else {
-            codec::decode_room_event(payload, room_of_topic(&self.cfg, topic), &self.limits)
-        };
-        match decoded {
+        let topics = &self.cfg.topics;
+        match codec::decode_input(topic, &topics.read, &topics.room_prefix, payload, &self.limits) {
             Ok(event) => {
                 let room = event.room_id().clone();
                 let partition = partition_for(room.as_bytes(), self.cfg.topics.partitions);
