@@ -34,6 +34,8 @@ pub struct Task {
     dir: PathBuf,
     engine: Engine<RocksStore>,
     next_offset: Option<i64>,
+    /// `next_offset` as of the last commit (what the store holds under `_o`).
+    committed_offset: Option<i64>,
     sources: HashMap<SourceKey, i64>,
     dirty_sources: HashSet<SourceKey>,
     uncommitted: bool,
@@ -115,6 +117,7 @@ impl Task {
             dir,
             engine: Engine::new(store, config),
             next_offset,
+            committed_offset: next_offset,
             sources,
             dirty_sources: HashSet::new(),
             uncommitted: false,
@@ -125,14 +128,7 @@ impl Task {
 
     /// The repartition offset the committed local state reflects: where to resume.
     pub fn committed_offset(&self) -> Option<i64> {
-        self.next_offset_committed()
-    }
-
-    fn next_offset_committed(&self) -> Option<i64> {
-        match self.engine.store().get(KEY_OFFSET) {
-            Ok(Some(v)) => i64_value(KEY_OFFSET, &v).ok(),
-            _ => None,
-        }
+        self.committed_offset
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -177,6 +173,7 @@ impl Task {
             extra.push((source_key(&key.0, key.1), Some(offset.to_be_bytes().to_vec())));
         }
         self.engine.commit(extra)?;
+        self.committed_offset = self.next_offset;
         self.uncommitted = false;
         Ok(())
     }
