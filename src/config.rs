@@ -72,8 +72,15 @@ impl Default for Http {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Processing {
-    /// How often state, offsets and output are committed together.
+    /// `exactly_once` (Kafka transactions, as Kafka Streams' `exactly_once_v2`) or
+    /// `at_least_once` (no transactions; after a crash some receipts may be emitted twice).
+    pub guarantee: Guarantee,
+    /// How often state, offsets and output are committed together (one transaction under
+    /// `exactly_once`).
     pub commit_interval_ms: u64,
+    /// `transaction.timeout.ms` of the transactional producer: how long a transaction left
+    /// open by a crashed instance can hold back readers before the broker aborts it.
+    pub transaction_timeout_ms: u64,
     /// How often room topics matching the pattern are looked for.
     pub metadata_refresh_ms: u64,
     /// How often expiry (parked reads, pending messages, markers) runs.
@@ -117,10 +124,29 @@ impl Default for Topics {
     }
 }
 
+/// What a consumer of the output can count on (see the README's "Guarantees").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    pub fn name(self) -> &'static str {
+        match self {
+            Guarantee::ExactlyOnce => "exactly_once",
+            Guarantee::AtLeastOnce => "at_least_once",
+        }
+    }
+}
+
 impl Default for Processing {
     fn default() -> Self {
         Self {
+            guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: 100,
+            transaction_timeout_ms: 10_000,
             metadata_refresh_ms: 5_000,
             tick_interval_ms: 1_000,
             max_record_bytes: DecodeLimits::default().max_record_bytes,
@@ -240,6 +266,14 @@ impl Config {
     pub fn repartition_topic(&self) -> String {
         format!("{}-events-repartition", self.application_id)
     }
+    /// The compacted topic holding every change of the tasks' state, one partition per task.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}-state-changelog", self.application_id)
+    }
+    /// This application's directory under `state_dir`.
+    pub fn app_dir(&self) -> PathBuf {
+        self.state_dir.join(&self.application_id)
+    }
     pub fn dlq_topic(&self) -> String {
         format!("{}-dlq", self.application_id)
     }
@@ -284,6 +318,12 @@ impl Config {
         }
         if self.processing.commit_interval_ms == 0 || self.processing.tick_interval_ms == 0 {
             return invalid("processing.commit_interval_ms", "intervals must be positive");
+        }
+        if !(1_000..=900_000).contains(&self.processing.transaction_timeout_ms) {
+            return invalid(
+                "processing.transaction_timeout_ms",
+                "must be between 1000 and 900000 (the broker's limit)",
+            );
         }
         if self.processing.max_poll_records == 0 {
             return invalid("processing.max_poll_records", "must be positive");

@@ -135,6 +135,10 @@ pub fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         format!("{}receipt_complete", if opts.bootstrap.is_some() { format!("demo{run_id}-") } else { String::new() });
     cfg.topics.partitions = 4;
     cfg.processing.metadata_refresh_ms = 1_000;
+    if mock.is_some() {
+        // librdkafka's mock cluster accepts transactions without honouring them.
+        cfg.processing.guarantee = crate::config::Guarantee::AtLeastOnce;
+    }
 
     // Topics: rooms and reads are the chat's; allread's own are created here too because
     // the mock broker has no CreateTopics (on a real broker allread would create them).

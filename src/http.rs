@@ -96,7 +96,7 @@ async fn answer<T: Serialize + Send + 'static>(
                 ),
             }
         }
-        Ok(Err(e @ QueryError::NotReady)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(Err(e @ (QueryError::NotReady | QueryError::Restoring { .. }))) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Ok(Err(e @ QueryError::Engine { .. })) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -48,6 +48,17 @@ pub struct Metrics {
     pub rocksdb_sst_bytes: IntGaugeVec,
     pub rocksdb_memtable_bytes: IntGaugeVec,
     pub rocksdb_block_cache_bytes: IntGauge,
+    /// State changes written to the changelog topic.
+    pub changelog_records: IntCounter,
+    /// Transactions by `outcome`: `committed`, `aborted` (exactly_once only).
+    pub transactions: IntCounterVec,
+    /// Transactional producers replaced after a fatal error (e.g. fenced).
+    pub producers_created: IntCounter,
+    /// Changelog records applied to local stores while restoring.
+    pub restored_records: IntCounter,
+    /// Per task: changelog records still to restore (0 once restored).
+    pub restore_remaining: IntGaugeVec,
+    pub restoring_tasks: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -132,7 +143,7 @@ impl Metrics {
             commit_duration: histogram(
                 &r,
                 "allread_commit_duration_seconds",
-                "Duration of a commit: output acknowledged, state written, offsets committed.",
+                "Duration of a commit: output acknowledged (or the transaction committed), state written, offsets committed.",
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0],
             ),
             commit_failures: counter(
@@ -198,6 +209,39 @@ impl Metrics {
                 "Records of the task's repartition partition not yet processed.",
                 "task",
             ),
+            changelog_records: counter(
+                &r,
+                "allread_changelog_records_total",
+                "State changes written to the changelog topic.",
+            ),
+            transactions: counter_vec(
+                &r,
+                "allread_transactions_total",
+                "Transactions (exactly_once), by outcome: committed or aborted.",
+                "outcome",
+            ),
+            producers_created: counter(
+                &r,
+                "allread_producer_recreations_total",
+                "Transactional producers replaced after a fatal error such as being fenced.",
+            ),
+            restored_records: counter(
+                &r,
+                "allread_restored_records_total",
+                "Changelog records applied to local state while restoring.",
+            ),
+            restore_remaining: gauge_vec(
+                &r,
+                "allread_restore_remaining_records",
+                "Changelog records a restoring task has still to apply (0 once restored).",
+                "task",
+            ),
+            restoring_tasks: {
+                let g = IntGauge::new("allread_restoring_tasks", "Tasks catching up from their changelogs.")
+                    .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry: r,
         };
         // Process RSS, CPU seconds and open file descriptors.
@@ -211,6 +255,9 @@ impl Metrics {
         }
         for kind in ["assign", "revoke", "lost"] {
             m.rebalances.with_label_values(&[kind]);
+        }
+        for outcome in ["committed", "aborted"] {
+            m.transactions.with_label_values(&[outcome]);
         }
         for outcome in Outcomes::NAMES {
             m.engine_outcomes.with_label_values(&[outcome]);

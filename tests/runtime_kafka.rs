@@ -365,8 +365,10 @@ fn sigterm_mid_stream_and_a_restart_lose_no_receipt() {
         chat.flush();
         if i < chunks.len() - 1 {
             std::thread::sleep(Duration::from_millis(1500));
+            let log = allread.log.clone();
             let status = allread.terminate(Duration::from_secs(30));
-            assert!(status.success(), "exit status after SIGTERM: {status:?}");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(status.success(), "exit status after SIGTERM: {status:?}; log: {log}");
             allread = s.start();
         }
     }

@@ -52,6 +52,14 @@ pub fn owned_topics(cfg: &Config) -> Vec<TopicSpec> {
             config: vec![("cleanup.policy", "delete".into()), ("retention.ms", t.repartition_retention_ms.to_string())],
         },
         TopicSpec {
+            name: cfg.changelog_topic(),
+            partitions: t.partitions,
+            replication: t.replication_factor,
+            exact_partitions: true,
+            // Compacted: the latest value of every key is the state; a delete is a tombstone.
+            config: vec![("cleanup.policy", "compact".into())],
+        },
+        TopicSpec {
             name: cfg.dlq_topic(),
             partitions: t.dlq_partitions,
             replication: t.replication_factor,

@@ -115,6 +115,12 @@ impl<S: KvStore> Engine<S> {
     pub fn store(&self) -> &S {
         &self.store
     }
+    /// The store itself, for writes that bypass the engine (restoring a changelog into a
+    /// task's store before its engine is used). Drop the engine afterwards: its cache does not
+    /// know about such writes.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
     /// Gives the store back, dropping uncommitted changes.
     pub fn into_store(self) -> S {
         self.store
@@ -249,6 +255,16 @@ impl<S: KvStore> Engine<S> {
     /// these changes consumed), writes it atomically, and returns it (e.g. for a changelog).
     /// If the write fails the engine is poisoned: drop it and build a new one on the store.
     pub fn commit(&mut self, extra: Vec<Write>) -> Result<WriteBatch, EngineError> {
+        let batch = self.prepare_commit(extra)?;
+        self.write_prepared(&batch)?;
+        Ok(batch)
+    }
+
+    /// The first half of [`Engine::commit`]: every uncommitted change as one batch (plus
+    /// `extra`), not written yet. The engine now reads as if the batch were in the store, so
+    /// the caller must either [`Engine::write_prepared`] it before applying more events, or
+    /// drop the engine (e.g. when the transaction that carries the batch aborts).
+    pub fn prepare_commit(&mut self, extra: Vec<Write>) -> Result<WriteBatch, EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
@@ -266,12 +282,19 @@ impl<S: KvStore> Engine<S> {
             batch.writes.push((key, value));
         }
         batch.writes.extend(extra);
-        if let Err(e) = self.store.write(&batch) {
-            self.poisoned = true;
-            return Err(e.into());
-        }
-        self.evict();
+        // Until the batch is written, the store is behind what the engine has handed out.
+        self.poisoned = true;
         Ok(batch)
+    }
+
+    /// The second half of [`Engine::commit`]: writes a batch from [`Engine::prepare_commit`]
+    /// atomically (the caller may have added writes of its own). If the write fails the engine
+    /// stays poisoned.
+    pub fn write_prepared(&mut self, batch: &WriteBatch) -> Result<(), EngineError> {
+        self.store.write(batch)?;
+        self.poisoned = false;
+        self.evict();
+        Ok(())
     }
 
     /// Evicts least recently used rooms once the cache is past its budget, down to 90% of

@@ -26,12 +26,10 @@ impl ConsumerContext for RuntimeContext {
         let result: KafkaResult<()> = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 info!(partitions = tpl.count(), "partitions assigned");
-                processor.on_assign(tpl);
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
+                let paused = processor.on_assign(tpl);
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                // Tasks restore before they process: their partitions wait, paused.
+                assigned.and_then(|()| if paused.count() > 0 { consumer.pause(&paused) } else { Ok(()) })
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = consumer.assignment_lost();

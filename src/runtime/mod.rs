@@ -24,14 +24,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::ThreadedProducer;
 use tracing::{error, info, warn};
 
 pub use processor::now_ms;
 
 use self::context::RuntimeContext;
-use self::processor::{DeliveryContext, Processor};
-use crate::config::{Config, ConfigError};
+use self::processor::Processor;
+use crate::config::{Config, ConfigError, Guarantee};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::{base_client_config, with_passthrough};
@@ -57,6 +56,14 @@ pub enum RuntimeError {
     Engine { partition: i32, source: EngineError },
     #[error("task {partition}: state store: {source}")]
     Store { partition: i32, source: StoreError },
+    #[error("transaction ({step}): {source}")]
+    Transaction { step: &'static str, source: KafkaError },
+    #[error("the consumer is not in its group (no group metadata for the transaction)")]
+    NotInGroup,
+    #[error("partitions were lost to another instance (session timed out) with work uncommitted")]
+    Lost,
+    #[error("state directory {path}: {reason}")]
+    StateDir { path: String, reason: String },
 }
 
 impl From<KafkaError> for RuntimeError {
@@ -101,6 +108,8 @@ pub enum QueryError {
     NotReady,
     #[error("room's task {task} is not assigned to this instance")]
     NotOwned { task: i32 },
+    #[error("room's task {task} is restoring its state from the changelog; try again shortly")]
+    Restoring { task: i32 },
     #[error("task {task}: {source}")]
     Engine { task: i32, source: EngineError },
 }
@@ -142,6 +151,9 @@ impl Handle {
         if !p.assigned {
             return Err("waiting for the consumer group to assign partitions");
         }
+        if p.restoring() > 0 {
+            return Err("restoring tasks from their changelogs");
+        }
         Ok(p.tasks.len())
     }
 
@@ -159,6 +171,9 @@ impl Handle {
         let Some(t) = p.tasks.get_mut(&task) else {
             return Err(if p.assigned { QueryError::NotOwned { task } } else { QueryError::NotReady });
         };
+        if t.restoring {
+            return Err(QueryError::Restoring { task });
+        }
         f(t.engine_mut()).map_err(|source| QueryError::Engine { task, source })
     }
 }
@@ -172,24 +187,15 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
         return Ok(RunReport::default());
     }
 
-    let producer: ThreadedProducer<DeliveryContext> = with_passthrough(
-        {
-            let mut c = base_client_config(&cfg);
-            c.set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("linger.ms", "5")
-                .set("compression.type", "lz4")
-                .set("partitioner", "murmur2_random");
-            c
-        },
-        &cfg,
-    )
-    .create_with_context(DeliveryContext::default())
-    .map_err(RuntimeError::Client)?;
-
+    let (_lock, instance) = lock_state_dir(&cfg)?;
+    let transactional_id = match cfg.processing.guarantee {
+        Guarantee::ExactlyOnce => Some(format!("{}-{instance}", cfg.application_id)),
+        Guarantee::AtLeastOnce => None,
+    };
+    info!(guarantee = cfg.processing.guarantee.name(), transactional_id = ?transactional_id, "starting");
     let rocks = engine_rocks_options(256 << 20);
     let metrics = hooks.metrics.unwrap_or_default();
-    let mut processor = Processor::new(cfg.clone(), producer, rocks, metrics);
+    let mut processor = Processor::new(cfg.clone(), transactional_id, rocks, metrics)?;
     processor.on_receipt = hooks.on_receipt;
     let processor = Arc::new(Mutex::new(processor));
     if let Some(handle) = &hooks.handle {
@@ -272,10 +278,14 @@ fn process_until(
     let max_records = cfg.processing.max_poll_records;
     let mut last_consumer_warning: Option<Instant> = None;
     let mut ticks = 0u64;
+    let mut restoring = false;
+    // Consecutive rewinds without a successful commit: each waits longer, so a failure that
+    // persists (broker away, fenced again) is retried calmly instead of in a tight loop.
+    let mut failures = 0u32;
     while !shutdown.load(Ordering::Relaxed) {
         // Poll without holding the lock: rebalance callbacks take it.
         let mut batch = Vec::new();
-        let mut timeout = Duration::from_millis(50);
+        let mut timeout = Duration::from_millis(if restoring { 1 } else { 50 });
         while batch.len() < max_records {
             match consumer.poll(timeout) {
                 None => break,
@@ -295,29 +305,78 @@ fn process_until(
         if let Some(fatal) = p.fatal.take() {
             return Err(fatal);
         }
-        if !batch.is_empty() {
-            if let Err(e) = p.handle_batch(batch) {
-                p.rewind(consumer, &e);
-                continue;
+        let mut failed = p.pending_rewind.take();
+        if failed.is_none() && !batch.is_empty() {
+            failed = p.handle_batch(batch).err();
+        }
+        if failed.is_none() && p.last_commit.elapsed() >= commit_every {
+            match p.commit(consumer, CommitMode::Async) {
+                Ok(()) => failures = 0,
+                Err(e) => failed = Some(e),
             }
         }
-        if p.last_commit.elapsed() >= commit_every {
-            if let Err(e) = p.commit(consumer, CommitMode::Async) {
-                p.rewind(consumer, &e);
-                continue;
-            }
-        }
-        if p.last_tick.elapsed() >= tick_every {
-            if let Err(e) = p.tick() {
-                p.rewind(consumer, &e);
-            }
+        if failed.is_none() && p.last_tick.elapsed() >= tick_every {
+            failed = p.tick().err();
             ticks += 1;
             if ticks.is_multiple_of(5) {
                 p.update_lag(consumer);
             }
         }
+        if let Some(e) = failed {
+            p.rewind(consumer, &e);
+            drop(p);
+            failures += 1;
+            if failures > 1 {
+                std::thread::sleep(Duration::from_millis(100 << failures.min(6)));
+            }
+            continue;
+        }
+        match p.restore_step(consumer) {
+            Ok(r) => restoring = r,
+            Err(e) => {
+                error!(error = %e, "restoring a task failed");
+                return Err(e);
+            }
+        }
     }
     Ok(())
+}
+
+/// Locks `<state_dir>/<application_id>` for this process (two processes sharing task stores
+/// would corrupt them) and returns the lock with this instance's stable id: `group.instance.id`
+/// if set, else an id created once and kept in the directory. The transactional id is built
+/// from it, so a restarted instance fences its predecessor and aborts the transaction that
+/// one left open at once, instead of readers waiting for the transaction timeout.
+fn lock_state_dir(cfg: &Config) -> Result<(std::fs::File, String), RuntimeError> {
+    let dir = cfg.app_dir();
+    let fail = |reason: String| RuntimeError::StateDir { path: dir.display().to_string(), reason };
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating it: {e}")))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|e| fail(format!("opening its lock file: {e}")))?;
+    lock.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => {
+            fail("in use by another allread process; give each instance its own state_dir".into())
+        }
+        std::fs::TryLockError::Error(e) => fail(format!("locking it: {e}")),
+    })?;
+    if let Some(id) = cfg.kafka.get("group.instance.id") {
+        return Ok((lock, id.clone()));
+    }
+    let path = dir.join("instance-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let id = format!("{:x}-{:x}", nanos, std::process::id());
+            std::fs::write(&path, &id).map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
+            id
+        }
+    };
+    Ok((lock, id))
 }
 
 /// Creates or checks allread's topics, retrying with backoff while the broker is away.

@@ -1,12 +1,26 @@
 //! The processing loop's state: routing input records to the repartition topic, running
-//! tasks, and committing output, state and offsets in the right order.
+//! tasks, restoring them from their changelogs, and committing output, state and offsets in
+//! the right order.
 //!
-//! Order of a commit (at-least-once): (1) wait until every produced record (receipts,
-//! repartition records, dead letters) is acknowledged; (2) write each task's state with the
-//! repartition offset and source positions it reflects, in one RocksDB batch; (3) commit the
-//! consumer's offsets to Kafka. A crash between any two steps re-processes input, and the
-//! task's source positions make that re-processing a no-op for the state; the worst case is
-//! a receipt emitted twice, never one lost.
+//! A commit, in both guarantees: (1) each task's changes since the last commit (with the
+//! repartition offset and source positions they reflect) become changelog records; then
+//!
+//! - `exactly_once`: (2) the consumed offsets join the producer's transaction
+//!   (`send_offsets_to_transaction` with the consumer's group metadata), and (3) the
+//!   transaction commits: receipts, repartition records, dead letters, changelog records and
+//!   offsets become visible together or not at all. (4) Only then is each task's batch
+//!   written to its local store, with the changelog offset it reaches. A crash before (3)
+//!   aborts everything and the local store is at the previous commit; a crash between (3) and
+//!   (4) leaves the local store behind its changelog, which restore replays. Local state is
+//!   never ahead of what was committed, so it never has to be wiped.
+//! - `at_least_once`: (2) wait until every produced record is acknowledged; (3) write the
+//!   local batches; (4) commit the consumer's offsets. A crash between any two steps
+//!   re-processes input, and the source positions make that a no-op for the state; the worst
+//!   case is a receipt emitted twice, never one lost.
+//!
+//! Tasks start `restoring`: their repartition partition stays paused while a separate
+//! consumer (no group, `read_committed`) replays their changelog partition from the local
+//! store's changelog offset to the end; tasks already restored keep processing meanwhile.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -22,23 +36,27 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, info_span, warn};
 
 use super::context::RuntimeContext;
-use super::task::{Task, TaskError};
+use super::task::{ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
 use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
 use crate::config::Config;
 use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
+use crate::kafka::{base_client_config, with_passthrough};
 use crate::metrics::Metrics;
 use crate::receipts::{Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
 
 pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
+type Producer_ = ThreadedProducer<DeliveryContext>;
 
-/// Counts acknowledgements and failures of produced records.
-#[derive(Default)]
+/// Counts acknowledgements and failures of produced records, and remembers, per changelog
+/// partition, the offset after the last changelog record acknowledged.
 pub struct DeliveryContext {
+    changelog: String,
     failures: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    changelog_next: Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -46,33 +64,100 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, msg)) = result {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            let mut first = self.first_failure.lock().unwrap();
-            if first.is_none() {
-                *first = Some(format!("producing to {}: {e}", msg.topic()));
+        match result {
+            Ok(msg) => {
+                if msg.topic() == self.changelog {
+                    let mut next = self.changelog_next.lock().unwrap();
+                    let entry = next.entry(msg.partition()).or_insert(0);
+                    *entry = (*entry).max(msg.offset() + 1);
+                }
+            }
+            Err((e, msg)) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_failure.lock().unwrap();
+                if first.is_none() {
+                    *first = Some(format!("producing to {}: {e}", msg.topic()));
+                }
             }
         }
     }
 }
 
 impl DeliveryContext {
+    fn new(changelog: String) -> Self {
+        DeliveryContext {
+            changelog,
+            failures: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            changelog_next: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Failures since the last call, with the first one's description.
     fn take_failures(&self) -> Option<(u64, String)> {
         let n = self.failures.swap(0, Ordering::Relaxed);
         let first = self.first_failure.lock().unwrap().take();
         (n > 0).then(|| (n, first.unwrap_or_default()))
     }
+
+    /// Changelog partitions written since the last call, with the offset after their last record.
+    fn take_changelog_next(&self) -> HashMap<i32, i64> {
+        std::mem::take(&mut *self.changelog_next.lock().unwrap())
+    }
+}
+
+/// How long a transactional call may block before it counts as failed.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The producer of every record allread writes, transactional under `exactly_once`.
+fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Producer_, RuntimeError> {
+    let mut c = base_client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("partitioner", "murmur2_random");
+    if let Some(id) = transactional_id {
+        c.set("transactional.id", id).set("transaction.timeout.ms", cfg.processing.transaction_timeout_ms.to_string());
+    }
+    let producer: Producer_ = with_passthrough(c, cfg)
+        .create_with_context(DeliveryContext::new(cfg.changelog_topic()))
+        .map_err(RuntimeError::Client)?;
+    if transactional_id.is_some() {
+        // Fences any earlier producer with this id and aborts the transaction it left open.
+        producer.init_transactions(TXN_TIMEOUT).map_err(|e| RuntimeError::Transaction { step: "init", source: e })?;
+        producer.begin_transaction().map_err(|e| RuntimeError::Transaction { step: "begin", source: e })?;
+    }
+    Ok(producer)
+}
+
+/// A task catching up from its changelog partition.
+struct Restore {
+    started: Instant,
+    /// The changelog's end when the restore began.
+    end: i64,
+    position: i64,
+    restored: u64,
+    last_report: Instant,
 }
 
 pub struct Processor {
     cfg: Arc<Config>,
-    producer: ThreadedProducer<DeliveryContext>,
+    producer: Producer_,
+    /// `Some` under `exactly_once`.
+    transactional_id: Option<String>,
+    /// Records produced since the last commit (nothing to commit when 0 and no state changed).
+    sent: u64,
     rocks: RocksOptions,
     limits: DecodeLimits,
     repartition: String,
+    changelog: String,
     dlq: String,
     pub(crate) tasks: BTreeMap<i32, Task>,
+    /// Reads changelogs into restoring tasks: assigned, never in a group, `read_committed`,
+    /// partition EOF on.
+    restorer: BaseConsumer,
+    restores: BTreeMap<i32, Restore>,
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: HashMap<(String, i32), i64>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
@@ -88,6 +173,8 @@ pub struct Processor {
     pub(crate) last_tick: Instant,
     /// Set when something happened that the loop cannot continue from.
     pub(crate) fatal: Option<RuntimeError>,
+    /// Set by a rebalance callback whose commit failed: the loop rewinds.
+    pub(crate) pending_rewind: Option<RuntimeError>,
     /// Called with every receipt produced (the demo prints them).
     pub(crate) on_receipt: Option<super::ReceiptHook>,
 }
@@ -96,10 +183,7 @@ pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
-fn send(
-    producer: &ThreadedProducer<DeliveryContext>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), KafkaError> {
+fn send(producer: &Producer_, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -116,18 +200,34 @@ fn send(
 impl Processor {
     pub fn new(
         cfg: Arc<Config>,
-        producer: ThreadedProducer<DeliveryContext>,
+        transactional_id: Option<String>,
         rocks: RocksOptions,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Processor {
+    ) -> Result<Self, RuntimeError> {
+        let producer = create_producer(&cfg, transactional_id.as_deref())?;
+        let mut restorer = with_passthrough(base_client_config(&cfg), &cfg);
+        restorer
+            .remove("group.instance.id")
+            // librdkafka needs a group id to assign partitions; this one is never joined.
+            .set("group.id", format!("{}-restore", cfg.application_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest");
+        let restorer: BaseConsumer = restorer.create().map_err(RuntimeError::Client)?;
+        Ok(Processor {
             limits: cfg.decode_limits(),
             repartition: cfg.repartition_topic(),
+            changelog: cfg.changelog_topic(),
             dlq: cfg.dlq_topic(),
             cfg,
             producer,
+            transactional_id,
+            sent: 0,
             rocks,
             tasks: BTreeMap::new(),
+            restorer,
+            restores: BTreeMap::new(),
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
             metrics,
@@ -137,12 +237,23 @@ impl Processor {
             last_commit: Instant::now(),
             last_tick: Instant::now(),
             fatal: None,
+            pending_rewind: None,
             on_receipt: None,
-        }
+        })
     }
 
     pub fn is_repartition(&self, topic: &str) -> bool {
         topic == self.repartition
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.transactional_id.is_some()
+    }
+
+    fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RuntimeError> {
+        send(&self.producer, record)?;
+        self.sent += 1;
+        Ok(())
     }
 
     /// Engine outcomes of every task this process has run.
@@ -152,6 +263,11 @@ impl Processor {
             o.add(&t.outcomes());
         }
         o
+    }
+
+    /// Tasks still catching up from their changelogs.
+    pub fn restoring(&self) -> usize {
+        self.tasks.values().filter(|t| t.restoring).count()
     }
 
     /// Routes and processes one batch of polled records.
@@ -187,12 +303,13 @@ impl Processor {
                     timestamp: m.timestamp().to_millis().unwrap_or(0),
                 };
                 let value = envelope::encode(&source, &event);
+                let repartition = self.repartition.clone();
                 let mut record =
-                    BaseRecord::to(&self.repartition).partition(partition).key(room.as_bytes()).payload(&value[..]);
+                    BaseRecord::to(&repartition).partition(partition).key(room.as_bytes()).payload(&value[..]);
                 if let Some(ts) = m.timestamp().to_millis() {
                     record = record.timestamp(ts);
                 }
-                send(&self.producer, record)?;
+                self.send(record)?;
                 self.metrics.routed.inc();
             }
             Err(e) => self.dead_letter(m, &e)?,
@@ -222,7 +339,8 @@ impl Processor {
         ] {
             headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dlq).headers(headers);
+        let dlq = self.dlq.clone();
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
         if let Some(key) = m.key() {
             record = record.key(key);
         }
@@ -232,7 +350,7 @@ impl Processor {
         if let Some(ts) = m.timestamp().to_millis() {
             record = record.timestamp(ts);
         }
-        send(&self.producer, record)?;
+        self.send(record)?;
         warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = e.kind(), error = %e, "dead-lettered an undecodable record");
         self.metrics.dead_lettered.inc();
         self.metrics.decode_failures.with_label_values(&[e.kind()]).inc();
@@ -246,19 +364,23 @@ impl Processor {
             debug!(partition, "record of a task no longer assigned here; skipped");
             return Ok(());
         };
+        if task.restoring {
+            // Fetched before the partition was paused; re-read once the task is restored.
+            return Ok(());
+        }
         match task.process(m.offset(), m.payload().unwrap_or(&[]), now) {
             Ok(None) => {
                 self.metrics.duplicates_skipped.inc();
                 Ok(())
             }
             Ok(Some(applied)) => {
+                let output = self.cfg.topics.output.clone();
                 for r in &applied.receipts {
                     self.metrics.receipts.inc();
                     self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
                     self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
                     let value = encode_receipt(r);
-                    let record = BaseRecord::to(&self.cfg.topics.output).key(r.room_id.as_bytes()).payload(&value[..]);
-                    send(&self.producer, record)?;
+                    self.send(BaseRecord::to(&output).key(r.room_id.as_bytes()).payload(&value[..]))?;
                     if let Some(f) = self.on_receipt.as_mut() {
                         f(r);
                     }
@@ -279,7 +401,7 @@ impl Processor {
 
     pub fn tick(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
-        for (partition, task) in self.tasks.iter_mut() {
+        for (partition, task) in self.tasks.iter_mut().filter(|(_, t)| !t.restoring) {
             task.tick(now).map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
         }
         self.last_tick = Instant::now();
@@ -287,39 +409,53 @@ impl Processor {
         Ok(())
     }
 
-    /// Output acknowledged, then state, then Kafka offsets (see the module's doc).
+    /// Commits output, changelog, offsets and local state (see the module's doc).
     pub fn commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let result = self.commit_inner(consumer, mode);
-        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(()) => {
+            Ok(true) => {
+                self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
                 let outcomes = self.outcomes();
                 self.metrics.add_outcomes(&outcomes, &self.exported_outcomes);
                 self.exported_outcomes = outcomes;
             }
+            Ok(false) => {}
             Err(_) => self.metrics.commit_failures.inc(),
         }
-        result
+        result.map(|_| ())
     }
 
-    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
+    /// `Ok(false)` when there was nothing to commit.
+    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<bool, RuntimeError> {
         self.last_commit = Instant::now();
-        self.producer.flush(Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
-        if let Some((n, first)) = self.producer.context().take_failures() {
-            return Err(RuntimeError::Delivery { failed: n, first });
-        }
-        for (partition, task) in self.tasks.iter_mut() {
-            let _task = info_span!("task", task = *partition).entered();
-            task.commit().map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
+        // (1) Changes -> changelog records.
+        let mut prepared = Vec::new();
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        for partition in partitions {
+            let task = self.tasks.get_mut(&partition).expect("listed above");
+            let _task = info_span!("task", task = partition).entered();
+            let batch = task.prepare_commit().map_err(|source| RuntimeError::Engine { partition, source })?;
+            if let Some(batch) = batch {
+                let changelog = self.changelog.clone();
+                for (key, value) in &batch.writes {
+                    let mut record = BaseRecord::to(&changelog).partition(partition).key(&key[..]);
+                    if let Some(v) = value {
+                        record = record.payload(&v[..]);
+                    }
+                    self.send(record)?;
+                }
+                self.metrics.changelog_records.inc_by(batch.len() as u64);
+                prepared.push((partition, batch));
+            }
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &self.routed {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(RuntimeError::Produce)?;
         }
         let mut tasks_committed = Vec::new();
-        for (partition, task) in &self.tasks {
-            if let Some(offset) = task.committed_offset() {
+        for (partition, task) in self.tasks.iter().filter(|(_, t)| !t.restoring) {
+            if let Some(offset) = task.position() {
                 if self.kafka_committed.get(partition) != Some(&offset) {
                     tpl.add_partition_offset(&self.repartition, *partition, Offset::Offset(offset))
                         .map_err(RuntimeError::Produce)?;
@@ -327,7 +463,40 @@ impl Processor {
                 }
             }
         }
-        if tpl.count() > 0 {
+        if self.sent == 0 && prepared.is_empty() && tpl.count() == 0 {
+            return Ok(false);
+        }
+        if self.exactly_once() {
+            // (2) Offsets into the transaction, (3) commit it.
+            if tpl.count() > 0 {
+                let group = consumer.group_metadata().ok_or(RuntimeError::NotInGroup)?;
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
+                    .map_err(|e| RuntimeError::Transaction { step: "send offsets", source: e })?;
+            }
+            self.commit_transaction()?;
+            self.metrics.transactions.with_label_values(&["committed"]).inc();
+            self.producer.begin_transaction().map_err(|e| RuntimeError::Transaction { step: "begin", source: e })?;
+        } else {
+            // (2) Everything produced is acknowledged.
+            self.producer.flush(Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
+        }
+        if let Some((n, first)) = self.producer.context().take_failures() {
+            return Err(RuntimeError::Delivery { failed: n, first });
+        }
+        self.sent = 0;
+        // (4) Local state, with the changelog offset it now reflects.
+        let changelog_next = self.producer.context().take_changelog_next();
+        for (partition, batch) in prepared {
+            let _task = info_span!("task", task = partition).entered();
+            let task = self.tasks.get_mut(&partition).expect("prepared tasks are held");
+            task.finish_commit(batch, changelog_next.get(&partition).copied())
+                .map_err(|source| RuntimeError::Engine { partition, source })?;
+        }
+        if self.exactly_once() {
+            self.routed.clear();
+            self.kafka_committed.extend(tasks_committed);
+        } else if tpl.count() > 0 {
             // A failed offset commit loses nothing: tasks resume from their own state and
             // skip what they have applied. Warn and let the next commit carry it.
             if let Err(e) = consumer.commit(&tpl, mode) {
@@ -337,27 +506,67 @@ impl Processor {
                 self.kafka_committed.extend(tasks_committed);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// After a failure: forget everything uncommitted and re-read from the committed
-    /// positions, as Kafka Streams revives a task. Output already produced stays (at-least-once).
+    /// Commits the open transaction, retrying a commit that timed out (its outcome unknown).
+    fn commit_transaction(&mut self) -> Result<(), RuntimeError> {
+        let mut attempt = 0;
+        loop {
+            match self.producer.commit_transaction(TXN_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
+                    attempt += 1;
+                    warn!(error = %e, attempt, "committing the transaction timed out; retrying");
+                }
+                Err(e) => return Err(RuntimeError::Transaction { step: "commit", source: e }),
+            }
+        }
+    }
+
+    /// After a failure: abort what is uncommitted and go back to the last commit, as Kafka
+    /// Streams revives its tasks. Under `exactly_once` nothing produced since that commit is
+    /// ever visible; under `at_least_once` what was produced stays.
     pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
         self.metrics.rewinds.inc();
         // The rewound engines count again what they re-apply; count only the new.
         self.exported_outcomes = self.outcomes();
         warn!(error = %reason, "rewinding to the last commit");
-        let _ = self.producer.flush(Duration::from_secs(30));
+        self.sent = 0;
+        if self.exactly_once() {
+            self.metrics.transactions.with_label_values(&["aborted"]).inc();
+            let aborted = self.producer.abort_transaction(TXN_TIMEOUT).and_then(|()| self.producer.begin_transaction());
+            if let Err(e) = aborted {
+                // Fenced, or otherwise fatal: a new producer with the same transactional id
+                // fences the old one and aborts its transaction.
+                warn!(error = %e, "the transactional producer cannot continue; creating a new one");
+                match create_producer(&self.cfg, self.transactional_id.as_deref()) {
+                    Ok(p) => {
+                        self.metrics.producers_created.inc();
+                        self.producer = p;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "creating a new transactional producer failed");
+                        self.fatal = Some(e);
+                        return;
+                    }
+                }
+            }
+        } else {
+            let _ = self.producer.flush(Duration::from_secs(30));
+        }
         let _ = self.producer.context().take_failures();
+        let _ = self.producer.context().take_changelog_next();
+        // Every task goes back to its local store and catches up from its changelog (which
+        // is ahead if a commit reached Kafka but not the store), its partition paused.
+        self.stop_restores();
         let tasks = std::mem::take(&mut self.tasks);
+        let mut paused = TopicPartitionList::new();
         for (partition, task) in tasks {
             let _task = info_span!("task", task = partition).entered();
             match task.rewind() {
                 Ok(task) => {
-                    let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(e) = consumer.seek(&self.repartition, partition, offset, Duration::from_secs(10)) {
-                        warn!(partition, error = %e, "seeking the repartition topic failed");
-                    }
+                    paused.add_partition(&self.repartition, partition);
                     self.tasks.insert(partition, task);
                 }
                 Err(e) => {
@@ -366,8 +575,12 @@ impl Processor {
                 }
             }
         }
+        if let Err(e) = consumer.pause(&paused) {
+            warn!(error = %e, "pausing the tasks' partitions");
+        }
         // Input partitions go back to Kafka's committed offsets.
         self.routed.clear();
+        self.kafka_committed.clear();
         match consumer.assignment().and_then(|a| consumer.committed_offsets(a, Duration::from_secs(10))) {
             Ok(committed) => {
                 for elem in committed.elements() {
@@ -387,11 +600,12 @@ impl Processor {
         }
     }
 
-    /// Partitions assigned: open a task per repartition partition and start it where its
-    /// local state is.
-    pub fn on_assign(&mut self, tpl: &mut TopicPartitionList) {
+    /// Partitions assigned: open a task per repartition partition, restoring. Returns the
+    /// partitions to pause until their tasks are restored.
+    pub fn on_assign(&mut self, tpl: &mut TopicPartitionList) -> TopicPartitionList {
         self.assigned = true;
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        let mut paused = TopicPartitionList::new();
         let mine: Vec<i32> =
             tpl.elements().iter().filter(|e| self.is_repartition(e.topic())).map(|e| e.partition()).collect();
         for partition in mine {
@@ -399,12 +613,10 @@ impl Processor {
             let _task = info_span!("task", task = partition).entered();
             match Task::open(partition, dir.clone(), self.cfg.engine.clone(), &self.rocks) {
                 Ok(task) => {
-                    // Resume where the local state is. Without local state, rebuild it from
-                    // everything the repartition topic still holds rather than from Kafka's
-                    // committed offset, which would skip the rooms' history.
                     let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
                     let _ = tpl.set_partition_offset(&self.repartition, partition, offset);
-                    info!(task = partition, state = %dir.display(), resume_at = ?task.committed_offset(), "task assigned");
+                    paused.add_partition(&self.repartition, partition);
+                    info!(task = partition, state = %dir.display(), changelog_offset = ?task.changelog_offset(), "task assigned");
                     self.tasks.insert(partition, task);
                 }
                 Err(e) => {
@@ -413,6 +625,7 @@ impl Processor {
                 }
             }
         }
+        paused
     }
 
     /// Partitions revoked: commit what we have, then let them go.
@@ -421,12 +634,19 @@ impl Processor {
         if !lost {
             if let Err(e) = self.commit(consumer, CommitMode::Sync) {
                 warn!(error = %e, "commit before revocation failed; the next owner re-processes from the last commit");
+                self.pending_rewind = Some(e);
             }
+        } else if self.exactly_once() {
+            // Lost partitions may have a new owner already: whatever is uncommitted here must
+            // never become visible.
+            self.pending_rewind = Some(RuntimeError::Lost);
         }
         for elem in tpl.elements() {
             if self.is_repartition(elem.topic()) {
-                self.kafka_committed.remove(&elem.partition());
-                let label = elem.partition().to_string();
+                let partition = elem.partition();
+                self.kafka_committed.remove(&partition);
+                self.stop_restore(partition);
+                let label = partition.to_string();
                 let m = &self.metrics;
                 for g in [
                     &m.cached_rooms,
@@ -436,12 +656,13 @@ impl Processor {
                     &m.rocksdb_keys,
                     &m.rocksdb_sst_bytes,
                     &m.rocksdb_memtable_bytes,
+                    &m.restore_remaining,
                 ] {
                     let _ = g.remove_label_values(&[&label]);
                 }
-                if let Some(task) = self.tasks.remove(&elem.partition()) {
+                if let Some(task) = self.tasks.remove(&partition) {
                     self.closed_outcomes.add(&task.outcomes());
-                    info!(task = elem.partition(), lost, "task revoked");
+                    info!(task = partition, lost, "task revoked");
                 }
             } else {
                 self.routed.remove(&(elem.topic().to_string(), elem.partition()));
@@ -449,9 +670,164 @@ impl Processor {
         }
     }
 
+    /// One round of restoring: starts restores of tasks that need one, applies what the
+    /// changelog consumer has, and resumes the tasks that reached their changelog's end.
+    /// Returns whether any task is still restoring.
+    pub fn restore_step(&mut self, consumer: &Consumer_) -> Result<bool, RuntimeError> {
+        let waiting: Vec<i32> =
+            self.tasks.iter().filter(|(p, t)| t.restoring && !self.restores.contains_key(p)).map(|(p, _)| *p).collect();
+        for partition in waiting {
+            self.start_restore(consumer, partition)?;
+        }
+        if self.restores.is_empty() {
+            self.metrics.restoring_tasks.set(self.restoring() as i64);
+            return Ok(self.restoring() > 0);
+        }
+        let mut records: BTreeMap<i32, Vec<ChangelogRecord>> = BTreeMap::new();
+        let mut finished = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut n = 0usize;
+        while n < 50_000 {
+            let timeout = if n == 0 { Duration::from_millis(10) } else { Duration::ZERO };
+            match self.restorer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => {
+                    n += 1;
+                    if m.topic() == self.changelog && self.restores.contains_key(&m.partition()) {
+                        let entry = records.entry(m.partition()).or_default();
+                        entry.push((m.offset(), m.key().unwrap_or(&[]).to_vec(), m.payload().map(<[u8]>::to_vec)));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => finished.push(partition),
+                Some(Err(e)) => {
+                    warn!(error = %e, "reading a changelog (retrying)");
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        for (partition, batch) in records {
+            let (Some(task), Some(r)) = (self.tasks.get_mut(&partition), self.restores.get_mut(&partition)) else {
+                continue;
+            };
+            let count = batch.len() as u64;
+            r.position = batch.last().map_or(r.position, |b| b.0 + 1);
+            task.restore(batch).map_err(|source| RuntimeError::Store { partition, source })?;
+            r.restored += count;
+            self.metrics.restored_records.inc_by(count);
+            self.metrics
+                .restore_remaining
+                .with_label_values(&[&partition.to_string()])
+                .set((r.end - r.position).max(0));
+            if r.last_report.elapsed() > Duration::from_secs(5) {
+                r.last_report = Instant::now();
+                info!(task = partition, restored = r.restored, position = r.position, end = r.end, "restoring");
+            }
+        }
+        for partition in finished {
+            self.finish_restore(consumer, partition)?;
+        }
+        self.metrics.restoring_tasks.set(self.restoring() as i64);
+        Ok(self.restoring() > 0)
+    }
+
+    fn start_restore(&mut self, consumer: &Consumer_, partition: i32) -> Result<(), RuntimeError> {
+        let (low, high) = match self.restorer.fetch_watermarks(&self.changelog, partition, Duration::from_secs(5)) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(task = partition, error = %e, "reading the changelog's offsets (retrying)");
+                return Ok(());
+            }
+        };
+        let task = &self.tasks[&partition];
+        let from = task.changelog_offset().unwrap_or(low).max(low);
+        if from >= high {
+            if from > high {
+                warn!(task = partition, local = from, changelog_end = high, "local state is ahead of its changelog (was the changelog topic recreated?); keeping the local state");
+            }
+            self.restores.insert(
+                partition,
+                Restore {
+                    started: Instant::now(),
+                    end: high,
+                    position: from,
+                    restored: 0,
+                    last_report: Instant::now(),
+                },
+            );
+            return self.finish_restore(consumer, partition);
+        }
+        info!(task = partition, from, to = high, "restoring the task from its changelog");
+        self.metrics.restore_remaining.with_label_values(&[&partition.to_string()]).set(high - from);
+        self.restores.insert(
+            partition,
+            Restore { started: Instant::now(), end: high, position: from, restored: 0, last_report: Instant::now() },
+        );
+        self.assign_restorer();
+        Ok(())
+    }
+
+    /// The task has caught up: it re-reads its offsets and its partition resumes from there.
+    fn finish_restore(&mut self, consumer: &Consumer_, partition: i32) -> Result<(), RuntimeError> {
+        let Some(r) = self.restores.remove(&partition) else {
+            return Ok(());
+        };
+        self.assign_restorer();
+        let Some(task) = self.tasks.remove(&partition) else {
+            return Ok(());
+        };
+        let _task = info_span!("task", task = partition).entered();
+        let task = task.finish_restore().map_err(|source| RuntimeError::Store { partition, source })?;
+        let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
+        let secs = r.started.elapsed().as_secs_f64();
+        info!(
+            task = partition,
+            restored = r.restored,
+            seconds = format!("{secs:.3}"),
+            records_per_second = (r.restored as f64 / secs.max(1e-6)) as u64,
+            resume_at = ?task.committed_offset(),
+            "task restored; processing"
+        );
+        self.metrics.restore_remaining.with_label_values(&[&partition.to_string()]).set(0);
+        self.tasks.insert(partition, task);
+        if let Err(e) = consumer.seek(&self.repartition, partition, offset, Duration::from_secs(10)) {
+            warn!(task = partition, error = %e, "seeking the task's partition failed");
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.repartition, partition);
+        consumer.resume(&tpl).map_err(RuntimeError::Client)?;
+        Ok(())
+    }
+
+    /// Points the changelog consumer at every restoring task's changelog partition, each from
+    /// what it has applied.
+    fn assign_restorer(&self) {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, r) in &self.restores {
+            let _ = tpl.add_partition_offset(&self.changelog, *partition, Offset::Offset(r.position));
+        }
+        if let Err(e) = self.restorer.assign(&tpl) {
+            warn!(error = %e, "assigning changelog partitions to the restore consumer");
+        }
+    }
+
+    fn stop_restore(&mut self, partition: i32) {
+        if self.restores.remove(&partition).is_some() {
+            self.assign_restorer();
+        }
+    }
+
+    fn stop_restores(&mut self) {
+        self.restores.clear();
+        self.assign_restorer();
+    }
+
     /// Per-task gauges of the engines' caches.
     pub fn update_gauges(&self) {
         self.metrics.tasks.set(self.tasks.len() as i64);
+        self.metrics.restoring_tasks.set(self.restoring() as i64);
         let m = &self.metrics;
         for (partition, task) in &self.tasks {
             let label = partition.to_string();
@@ -477,6 +853,7 @@ impl Processor {
         }
     }
 
+    /// At shutdown, after the final commit: wait for what is still in flight.
     pub fn flush_producer(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {
             warn!(error = %e, "flushing the producer at shutdown");

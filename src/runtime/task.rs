@@ -5,7 +5,13 @@
 //! - `_o`: the next repartition offset to read, so that a restart resumes exactly where the
 //!   local state is, whatever Kafka's committed offset says;
 //! - `_s<topic><partition>`: the last input offset applied from each source partition, so
-//!   that records the router sent twice (at-least-once routing) are applied once.
+//!   that records the router sent twice (at-least-once routing) are applied once;
+//! - `_c`: the next changelog offset, i.e. how much of the task's changelog partition the
+//!   local state reflects (local only: it is not itself in the changelog).
+//!
+//! Every write of a commit but `_c` is also a changelog record (key = store key, value = the
+//! value, or a tombstone for a delete), so replaying the changelog from `_c` onwards brings
+//! any older copy of the store, or an empty one, to the latest committed state.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -14,12 +20,16 @@ use std::sync::Arc;
 use crate::kafka::envelope::{self, EnvelopeError, Routed};
 use crate::receipts::{Engine, EngineConfig, EngineError, Event, Millis, Outcomes, ReceiptComplete};
 use crate::store::rocks::{RocksOptions, RocksStore};
-use crate::store::{KvStore, StoreError, Write};
+use crate::store::{KvStore, StoreError, Write, WriteBatch};
 
 const KEY_OFFSET: &[u8] = b"_o";
 const PREFIX_SOURCE: &[u8] = b"_s";
+const KEY_CHANGELOG: &[u8] = b"_c";
 
 type SourceKey = (Arc<str>, i32);
+
+/// A changelog record: its offset, the store key, and the value (`None`: a tombstone).
+pub type ChangelogRecord = (i64, Vec<u8>, Option<Vec<u8>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -36,6 +46,10 @@ pub struct Task {
     next_offset: Option<i64>,
     /// `next_offset` as of the last commit (what the store holds under `_o`).
     committed_offset: Option<i64>,
+    /// The next changelog offset the local store has not seen (`_c`).
+    changelog_offset: Option<i64>,
+    /// Whether the task is catching up from its changelog (no processing, no queries).
+    pub restoring: bool,
     sources: HashMap<SourceKey, i64>,
     dirty_sources: HashSet<SourceKey>,
     uncommitted: bool,
@@ -81,10 +95,14 @@ impl Task {
     }
 
     fn on_store(partition: i32, dir: PathBuf, store: RocksStore, config: EngineConfig) -> Result<Task, StoreError> {
-        let next_offset = match store.get(KEY_OFFSET)? {
-            Some(v) => Some(i64_value(KEY_OFFSET, &v)?),
-            None => None,
+        let read_i64 = |key: &[u8]| -> Result<Option<i64>, StoreError> {
+            match store.get(key)? {
+                Some(v) => Ok(Some(i64_value(key, &v)?)),
+                None => Ok(None),
+            }
         };
+        let next_offset = read_i64(KEY_OFFSET)?;
+        let changelog_offset = read_i64(KEY_CHANGELOG)?;
         let mut sources = HashMap::new();
         let mut failure = None;
         store.scan_prefix(PREFIX_SOURCE, &mut |k, v| {
@@ -118,6 +136,8 @@ impl Task {
             engine: Engine::new(store, config),
             next_offset,
             committed_offset: next_offset,
+            changelog_offset,
+            restoring: true,
             sources,
             dirty_sources: HashSet::new(),
             uncommitted: false,
@@ -159,10 +179,12 @@ impl Task {
         Ok(())
     }
 
-    /// Writes state, the next offset and the source positions in one atomic batch.
-    pub fn commit(&mut self) -> Result<(), EngineError> {
-        if !self.uncommitted && !self.engine.has_uncommitted() {
-            return Ok(());
+    /// The changes since the last commit, with the next offset and the source positions, as
+    /// one batch for the changelog; `None` if there are none. Must be followed by
+    /// [`Task::finish_commit`] with the batch, or by [`Task::rewind`].
+    pub fn prepare_commit(&mut self) -> Result<Option<WriteBatch>, EngineError> {
+        if self.restoring || (!self.uncommitted && !self.engine.has_uncommitted()) {
+            return Ok(None);
         }
         let mut extra: Vec<Write> = Vec::with_capacity(self.dirty_sources.len() + 1);
         if let Some(o) = self.next_offset {
@@ -172,13 +194,64 @@ impl Task {
             let offset = self.sources[&key];
             extra.push((source_key(&key.0, key.1), Some(offset.to_be_bytes().to_vec())));
         }
-        self.engine.commit(extra)?;
+        Ok(Some(self.engine.prepare_commit(extra)?))
+    }
+
+    /// Writes a prepared batch locally, once its changelog records are committed, with the
+    /// changelog offset that follows them, in one atomic write.
+    pub fn finish_commit(&mut self, mut batch: WriteBatch, changelog_next: Option<i64>) -> Result<(), EngineError> {
+        if let Some(c) = changelog_next {
+            batch.put(KEY_CHANGELOG.to_vec(), c.to_be_bytes().to_vec());
+        }
+        self.engine.write_prepared(&batch)?;
+        if changelog_next.is_some() {
+            self.changelog_offset = changelog_next;
+        }
         self.committed_offset = self.next_offset;
         self.uncommitted = false;
         Ok(())
     }
 
-    /// Forgets everything not committed: the task is as it was after its last commit.
+    /// Prepares and writes at once, without a changelog (tests and tools).
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        if let Some(batch) = self.prepare_commit()? {
+            self.finish_commit(batch, None)?;
+        }
+        Ok(())
+    }
+
+    /// The next changelog offset the local state has not applied (`None`: none applied).
+    pub fn changelog_offset(&self) -> Option<i64> {
+        self.changelog_offset
+    }
+
+    /// Applies changelog records (offset, key, value or tombstone) to the store, with the
+    /// offset after the last of them, in one atomic write: a restore interrupted at any point
+    /// resumes from where it stopped.
+    pub fn restore(&mut self, records: Vec<ChangelogRecord>) -> Result<(), StoreError> {
+        let Some(last) = records.last().map(|r| r.0) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::new();
+        batch.writes.reserve(records.len() + 1);
+        for (_, key, value) in records {
+            batch.writes.push((key, value));
+        }
+        batch.put(KEY_CHANGELOG.to_vec(), (last + 1).to_be_bytes().to_vec());
+        self.engine.store_mut().write(&batch)?;
+        self.changelog_offset = Some(last + 1);
+        Ok(())
+    }
+
+    /// Ends a restore: the task re-reads its offsets from the restored store and can run.
+    pub fn finish_restore(self) -> Result<Task, StoreError> {
+        let mut task = self.rewind()?;
+        task.restoring = false;
+        Ok(task)
+    }
+
+    /// Forgets everything not committed: the task is as it was after its last local commit
+    /// (and is `restoring` again: its changelog may be ahead of its store).
     pub fn rewind(self) -> Result<Task, StoreError> {
         let mut carried = self.carried;
         carried.add(self.engine.outcomes());
