@@ -89,6 +89,9 @@ pub struct Processing {
     pub max_id_bytes: usize,
     /// Records taken from the consumer per processing round.
     pub max_poll_records: usize,
+    /// Changelog records a restore applies per processing round: larger restores faster,
+    /// smaller keeps tasks that are already running more responsive meanwhile.
+    pub restore_batch_records: usize,
     /// How long SIGTERM/SIGINT may take to commit and leave the group before exiting anyway.
     pub shutdown_timeout_ms: u64,
 }
@@ -152,6 +155,7 @@ impl Default for Processing {
             max_record_bytes: DecodeLimits::default().max_record_bytes,
             max_id_bytes: DecodeLimits::default().max_id_bytes,
             max_poll_records: 10_000,
+            restore_batch_records: 50_000,
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -327,6 +331,9 @@ impl Config {
         }
         if self.processing.max_poll_records == 0 {
             return invalid("processing.max_poll_records", "must be positive");
+        }
+        if self.processing.restore_batch_records == 0 {
+            return invalid("processing.restore_batch_records", "must be positive");
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("http.listen", "must be an IP address and port, such as 0.0.0.0:9464");

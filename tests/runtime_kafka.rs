@@ -2,28 +2,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use allread::receipts::{EngineConfig, Event, ReadScope};
-use common::model::Model;
+use common::workload::{join, leave, message, read, receipt_set, Workload};
 use common::{Chat, Reader, Record, Setup};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn join(u: &str) -> Value {
-    json!({"type": "join", "user_id": u, "at": "2026-11-28T10:00:00Z"})
-}
-fn leave(u: &str) -> Value {
-    json!({"type": "leave", "user_id": u, "at": 1_795_860_000_000i64})
-}
-fn message(id: &str, from: &str) -> Value {
-    json!({"type": "message", "message_id": id, "sender_id": from, "sent_at": 1_795_860_000_000i64, "body": "secret"})
-}
-fn read(room: &str, u: &str, m: &str) -> Value {
-    json!({"room_id": room, "user_id": u, "message_id": m, "read_at": 1_795_860_001_000i64})
-}
 
 fn ids(records: &[Record]) -> Vec<String> {
     records.iter().map(|r| r.json()["message_id"].as_str().unwrap_or("?").to_string()).collect()
@@ -223,124 +209,15 @@ fn undecodable_records_are_dead_lettered_with_headers_and_the_rest_completes() {
     assert_eq!(by_kind["unknown_scope"].header("allread.source.topic"), Some(s.read_topic.as_str()));
 }
 
-/// A generated chat: all room events first (joins, messages, some duplicates), then reads,
-/// so that the receipts it must give do not depend on how room and read topics interleave.
-struct Workload {
-    room_events: Vec<(String, Value)>,
-    reads: Vec<(String, Value)>,
-    expected: BTreeSet<(String, String, u64, u64)>,
-}
-
-fn workload(rooms: usize, messages: usize, seed: u64) -> Workload {
-    let mut x = seed;
-    let mut rnd = move |n: usize| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % n as u64) as usize
-    };
-    let mut room_events = Vec::new();
-    let mut reads = Vec::new();
-    let mut events = Vec::new();
-    let mut late_events = Vec::new();
-    let mut members: Vec<Vec<String>> = vec![Vec::new(); rooms];
-    for (r, m) in members.iter_mut().enumerate() {
-        for u in 0..2 + rnd(5) {
-            m.push(format!("u{u}"));
-            room_events.push((format!("room{r}"), join(&format!("u{u}"))));
-            events.push(Event::Join { room_id: format!("room{r}").into(), user_id: format!("u{u}").into(), at: 0 });
-        }
-    }
-    for i in 0..messages {
-        let r = rnd(rooms);
-        let room = format!("room{r}");
-        let sender = members[r][rnd(members[r].len())].clone();
-        let id = format!("m{}", if i > 5 && rnd(20) == 0 { i - 3 } else { i }); // some duplicates
-        room_events.push((room.clone(), message(&id, &sender)));
-        events.push(Event::Message {
-            room_id: room.as_str().into(),
-            message_id: id.as_str().into(),
-            sender_id: sender.as_str().into(),
-            sent_at: 1_795_860_000_000,
-        });
-        for u in members[r].clone() {
-            if u != sender && rnd(4) != 0 {
-                let one = rnd(8) == 0;
-                let mut v = read(&room, &u, &id);
-                if one {
-                    v["scope"] = "message".into();
-                }
-                reads.push((room.clone(), v));
-                late_events.push(Event::Read {
-                    room_id: room.as_str().into(),
-                    user_id: u.as_str().into(),
-                    message_id: id.as_str().into(),
-                    read_at: 0,
-                    scope: if one { ReadScope::Message } else { ReadScope::UpTo },
-                });
-            }
-        }
-        if rnd(10) == 0 {
-            reads.push((room.clone(), read(&room, "stranger", &id)));
-            late_events.push(Event::Read {
-                room_id: room.as_str().into(),
-                user_id: "stranger".into(),
-                message_id: id.as_str().into(),
-                read_at: 0,
-                scope: ReadScope::UpTo,
-            });
-        }
-    }
-    let mut model = Model::new(EngineConfig::default());
-    for e in events.iter().chain(&late_events) {
-        model.apply(e, 0);
-    }
-    let expected = model
-        .out
-        .iter()
-        .map(|r| (r.room_id.to_string(), r.message_id.to_string(), r.seq, r.required_readers as u64))
-        .collect();
-    Workload { room_events, reads, expected }
-}
-
-fn receipt_set(records: &[Record]) -> (BTreeSet<(String, String, u64, u64)>, usize) {
-    let mut set = BTreeSet::new();
-    for r in records {
-        let v = r.json();
-        set.insert((
-            v["room_id"].as_str().unwrap().to_string(),
-            v["message_id"].as_str().unwrap().to_string(),
-            v["seq"].as_u64().unwrap(),
-            v["required_readers"].as_u64().unwrap(),
-        ));
-    }
-    (set, records.len())
-}
-
-fn produce_room_events(s: &Setup, chat: &Chat, w: &Workload, rooms: usize) {
-    for r in 0..rooms {
-        common::create_topic(&s.bootstrap, &s.room_topic(&format!("room{r}")), 1);
-    }
-    for (room, v) in &w.room_events {
-        chat.json(&s.room_topic(room), room, v);
-    }
-    chat.flush();
-}
-
 #[test]
 fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
     let s = Setup::new("bulk");
-    let rooms = 12;
-    let w = workload(rooms, 1_000, 7);
+    let w = Workload::new(12, 1_000, 7);
     let chat = Chat::new(&s.bootstrap);
-    produce_room_events(&s, &chat, &w, rooms);
+    w.produce_joins(&s, &chat);
     let _allread = s.start();
-    std::thread::sleep(Duration::from_secs(1));
-    for (room, v) in &w.reads {
-        chat.json(&s.read_topic, room, v);
-    }
-    chat.flush();
-    assert!(w.room_events.len() + w.reads.len() > 2_000, "a few thousand events");
+    w.produce_all(&s, &chat);
+    assert!(w.events() > 2_000, "a few thousand events");
     let out = Reader::new(&s.bootstrap, &s.output);
     let mut got = out.read(w.expected.len(), WAIT);
     got.extend(out.drain(Duration::from_secs(3)));
@@ -352,18 +229,15 @@ fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
 #[test]
 fn sigterm_mid_stream_and_a_restart_lose_no_receipt() {
     let s = Setup::new("sigterm");
-    let rooms = 8;
-    let w = workload(rooms, 400, 11);
+    let w = Workload::new(8, 400, 11);
     let chat = Chat::new(&s.bootstrap);
-    produce_room_events(&s, &chat, &w, rooms);
+    w.produce_joins(&s, &chat);
     let mut allread = s.start();
-    let chunks: Vec<_> = w.reads.chunks(w.reads.len() / 4 + 1).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        for (room, v) in chunk.iter() {
-            chat.json(&s.read_topic, room, v);
-        }
-        chat.flush();
-        if i < chunks.len() - 1 {
+    w.await_members(&[s.http_port], WAIT);
+    let quarter = w.steps.len() / 4 + 1;
+    for i in 0..4 {
+        w.produce_steps(&s, &chat, (i * quarter).min(w.steps.len())..((i + 1) * quarter).min(w.steps.len()));
+        if i < 3 {
             std::thread::sleep(Duration::from_millis(1500));
             let log = allread.log.clone();
             let status = allread.terminate(Duration::from_secs(30));

@@ -687,7 +687,7 @@ impl Processor {
         let mut finished = Vec::new();
         let deadline = Instant::now() + Duration::from_millis(20);
         let mut n = 0usize;
-        while n < 50_000 {
+        while n < self.cfg.processing.restore_batch_records {
             let timeout = if n == 0 { Duration::from_millis(10) } else { Duration::ZERO };
             match self.restorer.poll(timeout) {
                 None => break,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod model;
+pub mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -130,9 +131,12 @@ listen = "127.0.0.1:{port}"
 
 [processing]
 metadata_refresh_ms = 1000
-commit_interval_ms = 100
+{commit}
 {extra}
 "#,
+            // `extra` may set its own commit interval; it goes under [processing] (and may
+            // open tables after it, such as [kafka]).
+            commit = if extra.contains("commit_interval_ms") { "" } else { "commit_interval_ms = 100" },
             port = port,
             app = self.app,
             bootstrap = self.bootstrap,
@@ -265,13 +269,23 @@ impl Record {
 }
 
 impl Reader {
+    /// Reads what is committed (`read_committed`), as a downstream service would.
     pub fn new(bootstrap: &str, topic: &str) -> Reader {
+        Self::with_isolation(bootstrap, topic, "read_committed")
+    }
+
+    /// Also reads records of open and aborted transactions (`read_uncommitted`).
+    pub fn uncommitted(bootstrap: &str, topic: &str) -> Reader {
+        Self::with_isolation(bootstrap, topic, "read_uncommitted")
+    }
+
+    fn with_isolation(bootstrap: &str, topic: &str, isolation: &str) -> Reader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", unique("reader_"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("topic.metadata.refresh.interval.ms", "1000")
             .create()
             .expect("consumer");
@@ -347,6 +361,14 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 pub fn http_json(port: u16, path: &str) -> (u16, Value) {
     let (status, body) = http_get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Like [`http_json`], with status 0 when nothing answers (a stopped instance).
+pub fn try_http_json(port: u16, path: &str) -> (u16, Value) {
+    match http_get(port, path) {
+        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
 }
 
 /// The value of one sample in a Prometheus text exposition (`name{labels}` as written).
