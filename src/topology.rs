@@ -45,6 +45,7 @@ pub fn build(cfg: &Config) -> Topology {
             node(cfg.topics.room_pattern.clone(), "source: room events", true),
             node(cfg.topics.read.clone(), "source: read events", false),
             node(cfg.repartition_topic(), "repartition: events by room", false),
+            node(cfg.changelog_topic(), "changelog: receipt-state", false),
             node(cfg.topics.output.clone(), "sink: receipt_complete", false),
             node(cfg.dlq_topic(), "sink: dead letters", false),
         ],
@@ -98,6 +99,7 @@ impl Topology {
         let _ = writeln!(out);
         let _ = writeln!(out, "State stores:");
         let _ = writeln!(out, "    receipt-state: RocksDB, one instance per task (members, read positions, pending messages, reader sets, parked reads, markers)");
+        let _ = writeln!(out, "      changelog: {} (one partition per task, compacted)", self.topic("changelog").name);
         let _ = writeln!(out);
         let _ = writeln!(out, "Topics:");
         for t in &self.topics {
@@ -123,6 +125,7 @@ impl Topology {
         let _ = writeln!(out, "    route -- undecodable --> dlq[/\"{}\"/]", name("sink: dead"));
         let _ = writeln!(out, "    repartition --> receipts[receipts: one task per partition]");
         let _ = writeln!(out, "    receipts <--> store[(receipt-state<br>RocksDB per task)]");
+        let _ = writeln!(out, "    store -- every change --> changelog[/\"{}<br>compacted\"/]", name("changelog"));
         let _ = writeln!(out, "    receipts --> output[/\"{}\"/]", name("sink: receipt"));
         out
     }

@@ -9,6 +9,25 @@ fn readme_configuration_reference_matches_the_defaults() {
     let block = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
     let documented = Config::from_toml(block).unwrap_or_else(|e| panic!("README's configuration does not parse: {e}"));
     assert_eq!(documented, Config::default(), "README's configuration reference drifted from the code's defaults");
+    // Every setting is listed (a commented-out line for those without a default value).
+    let defaults = toml::Table::try_from(Config::default()).unwrap();
+    let mut missing = Vec::new();
+    for (section, value) in &defaults {
+        let keys: Vec<String> = match value.as_table() {
+            Some(table) if section != "kafka" => table.keys().cloned().collect(),
+            _ => vec![section.clone()],
+        };
+        for key in keys {
+            let listed = block.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[{key}]"))
+            });
+            if !listed {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "settings missing from README's configuration reference: {missing:?}");
 }
 
 #[test]

@@ -24,12 +24,15 @@ fn apply_creates_what_is_missing_once_and_check_then_finds_no_drift() {
 
     let before = topology::check(&client, &t).unwrap();
     let missing: Vec<&str> = before.iter().map(|d| d.topic.as_str()).collect();
-    assert_eq!(missing, [read.as_str(), &cfg.repartition_topic(), &cfg.topics.output, &cfg.dlq_topic()]);
+    assert_eq!(
+        missing,
+        [read.as_str(), &cfg.repartition_topic(), &cfg.changelog_topic(), &cfg.topics.output, &cfg.dlq_topic()]
+    );
     assert!(before[0].problem == "missing", "the read topic is the chat's; apply does not create it: {before:?}");
 
     let mut created = topology::apply(&client, &t).unwrap();
     created.sort();
-    let mut owned = vec![cfg.repartition_topic(), cfg.topics.output.clone(), cfg.dlq_topic()];
+    let mut owned = vec![cfg.repartition_topic(), cfg.changelog_topic(), cfg.topics.output.clone(), cfg.dlq_topic()];
     owned.sort();
     assert_eq!(created, owned);
     assert!(topology::apply(&client, &t).unwrap().is_empty(), "apply is idempotent");

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -131,6 +131,20 @@ fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Produ
     Ok(producer)
 }
 
+/// The restore consumer's context: reaching a partition's end is how a restore finishes, not
+/// an error worth logging.
+pub struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            error!(error = %error, reason, "changelog consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// A task catching up from its changelog partition.
 struct Restore {
     started: Instant,
@@ -156,7 +170,7 @@ pub struct Processor {
     pub(crate) tasks: BTreeMap<i32, Task>,
     /// Reads changelogs into restoring tasks: assigned, never in a group, `read_committed`,
     /// partition EOF on.
-    restorer: BaseConsumer,
+    restorer: BaseConsumer<RestoreContext>,
     restores: BTreeMap<i32, Restore>,
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: HashMap<(String, i32), i64>,
@@ -213,8 +227,11 @@ impl Processor {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest");
-        let restorer: BaseConsumer = restorer.create().map_err(RuntimeError::Client)?;
+            .set("auto.offset.reset", "earliest")
+            // A restore ends at the first empty fetch: do not let the broker hold it.
+            .set("fetch.wait.max.ms", "10");
+        let restorer: BaseConsumer<RestoreContext> =
+            restorer.create_with_context(RestoreContext).map_err(RuntimeError::Client)?;
         Ok(Processor {
             limits: cfg.decode_limits(),
             repartition: cfg.repartition_topic(),
@@ -676,8 +693,12 @@ impl Processor {
     pub fn restore_step(&mut self, consumer: &Consumer_) -> Result<bool, RuntimeError> {
         let waiting: Vec<i32> =
             self.tasks.iter().filter(|(p, t)| t.restoring && !self.restores.contains_key(p)).map(|(p, _)| *p).collect();
+        let assigned = self.restores.len();
         for partition in waiting {
             self.start_restore(consumer, partition)?;
+        }
+        if self.restores.len() != assigned {
+            self.assign_restorer();
         }
         if self.restores.is_empty() {
             self.metrics.restoring_tasks.set(self.restoring() as i64);
@@ -765,7 +786,6 @@ impl Processor {
             partition,
             Restore { started: Instant::now(), end: high, position: from, restored: 0, last_report: Instant::now() },
         );
-        self.assign_restorer();
         Ok(())
     }
 
