@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use allread::codec::{encode_receipt, DecodeLimits};
 use allread::config::Config;
 use allread::demo::{run_demo, DemoOptions};
-use allread::kafka::base_client_config;
+use allread::kafka::{base_client_config, with_producer_passthrough};
 use allread::metrics::Metrics;
 use allread::receipts::{Engine, EngineConfig};
 use allread::replay::{replay, ReplaySummary, TopicNames};
@@ -282,7 +282,8 @@ fn topology_command(action: TopologyAction) -> anyhow::Result<()> {
         }
         TopologyAction::Apply { settings } => {
             let cfg = settings.load()?;
-            let created = topology::apply(&base_client_config(&cfg), &topology::build(&cfg))?;
+            let created =
+                topology::apply(&with_producer_passthrough(base_client_config(&cfg), &cfg), &topology::build(&cfg))?;
             if created.is_empty() {
                 println!("nothing to create: every topic allread owns exists");
             }
@@ -292,7 +293,8 @@ fn topology_command(action: TopologyAction) -> anyhow::Result<()> {
         }
         TopologyAction::Check { settings } => {
             let cfg = settings.load()?;
-            let drift = topology::check(&base_client_config(&cfg), &topology::build(&cfg))?;
+            let drift =
+                topology::check(&with_producer_passthrough(base_client_config(&cfg), &cfg), &topology::build(&cfg))?;
             if drift.is_empty() {
                 println!("no drift: the cluster matches the topology");
                 return Ok(());

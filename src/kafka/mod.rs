@@ -19,10 +19,101 @@ pub fn base_client_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// Applies the user's passthrough properties last.
-pub fn with_passthrough(mut c: ClientConfig, cfg: &Config) -> ClientConfig {
-    for (k, v) in &cfg.kafka {
+/// The passthrough properties that apply to a producer (or an admin client, which librdkafka
+/// builds on one): consumer-only properties are left out, so that setting one for the
+/// consumer does not make librdkafka warn about it on every other client.
+pub fn with_producer_passthrough(c: ClientConfig, cfg: &Config) -> ClientConfig {
+    passthrough(c, cfg, CONSUMER_ONLY)
+}
+
+/// The passthrough properties that apply to a consumer: producer-only ones are left out.
+pub fn with_consumer_passthrough(c: ClientConfig, cfg: &Config) -> ClientConfig {
+    passthrough(c, cfg, PRODUCER_ONLY)
+}
+
+fn passthrough(mut c: ClientConfig, cfg: &Config, skip: &[&str]) -> ClientConfig {
+    for (k, v) in cfg.kafka.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
         c.set(k, v);
     }
     c
+}
+
+/// librdkafka's consumer-only properties (scope `C` in its CONFIGURATION.md).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+];
+
+/// librdkafka's producer-only properties (scope `P` in its CONFIGURATION.md).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "acks",
+    "request.required.acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_the_passthrough_properties_of_its_kind() {
+        let mut cfg = Config::default();
+        for (k, v) in [("session.timeout.ms", "6000"), ("linger.ms", "20"), ("security.protocol", "SASL_SSL")] {
+            cfg.kafka.insert(k.into(), v.into());
+        }
+        let producer = with_producer_passthrough(base_client_config(&cfg), &cfg);
+        let consumer = with_consumer_passthrough(base_client_config(&cfg), &cfg);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        for c in [&producer, &consumer] {
+            assert_eq!(c.get("security.protocol"), Some("SASL_SSL"), "shared properties reach every client");
+        }
+    }
 }

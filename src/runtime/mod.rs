@@ -33,7 +33,7 @@ use self::processor::Processor;
 use crate::config::{Config, ConfigError, Guarantee};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::partitioner::partition_for;
-use crate::kafka::{base_client_config, with_passthrough};
+use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_passthrough};
 use crate::metrics::Metrics;
 use crate::receipts::persist;
 use crate::receipts::{Engine, EngineError, Outcomes, ReceiptComplete};
@@ -123,7 +123,7 @@ impl Handle {
         let client = match self.lookup.get() {
             Some(c) => c,
             None => {
-                let c: rdkafka::consumer::BaseConsumer = with_passthrough(base_client_config(cfg), cfg)
+                let c: rdkafka::consumer::BaseConsumer = with_consumer_passthrough(base_client_config(cfg), cfg)
                     .create()
                     .map_err(|e| warn!(error = %e, "creating the owner lookup client"))
                     .ok()?;
@@ -203,7 +203,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
         let _ = handle.config.set(cfg.clone());
     }
 
-    let consumer: BaseConsumer<RuntimeContext> = with_passthrough(
+    let consumer: BaseConsumer<RuntimeContext> = with_consumer_passthrough(
         {
             let mut c = base_client_config(&cfg);
             if let Some(address) = &cfg.http.advertised {
@@ -381,7 +381,7 @@ fn lock_state_dir(cfg: &Config) -> Result<(std::fs::File, String), RuntimeError>
 
 /// Creates or checks allread's topics, retrying with backoff while the broker is away.
 fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), RuntimeError> {
-    let client = with_passthrough(base_client_config(cfg), cfg);
+    let client = with_producer_passthrough(base_client_config(cfg), cfg);
     let specs = admin::owned_topics(cfg);
     let mut backoff = Duration::from_millis(500);
     loop {

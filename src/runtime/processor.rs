@@ -42,7 +42,7 @@ use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
 use crate::config::Config;
 use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
-use crate::kafka::{base_client_config, with_passthrough};
+use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_passthrough};
 use crate::metrics::Metrics;
 use crate::receipts::{Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
@@ -120,7 +120,7 @@ fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Produ
     if let Some(id) = transactional_id {
         c.set("transactional.id", id).set("transaction.timeout.ms", cfg.processing.transaction_timeout_ms.to_string());
     }
-    let producer: Producer_ = with_passthrough(c, cfg)
+    let producer: Producer_ = with_producer_passthrough(c, cfg)
         .create_with_context(DeliveryContext::new(cfg.changelog_topic()))
         .map_err(RuntimeError::Client)?;
     if transactional_id.is_some() {
@@ -219,7 +219,7 @@ impl Processor {
         metrics: Arc<Metrics>,
     ) -> Result<Self, RuntimeError> {
         let producer = create_producer(&cfg, transactional_id.as_deref())?;
-        let mut restorer = with_passthrough(base_client_config(&cfg), &cfg);
+        let mut restorer = with_consumer_passthrough(base_client_config(&cfg), &cfg);
         restorer
             .remove("group.instance.id")
             // librdkafka needs a group id to assign partitions; this one is never joined.
