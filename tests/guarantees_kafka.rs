@@ -297,3 +297,41 @@ fn a_transaction_aborted_by_a_kill_leaves_no_visible_output() {
     all.extend(uncommitted.drain(Duration::from_secs(3)));
     assert_eq!(all.len(), 2 * w.expected.len(), "aborted copy + committed copy");
 }
+
+#[test]
+fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, Producer};
+    let s = Setup::new("fenced");
+    let w = Workload::new(8, 600, 17);
+    w.produce_joins(&s, &Chat::new(&s.bootstrap));
+    let config = s.instance_config("", s.http_port, false, &settings("exactly_once", Some("fenced")));
+    let allread = Allread::start(&config, &s.dir.path().join("allread.log"));
+    w.await_members(&[s.http_port], WAIT);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| stream(&s, &w, 10, &done));
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_secs(3));
+            // Another producer with allread's transactional id: allread's is fenced.
+            let zombie_hunter: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &s.bootstrap)
+                .set("transactional.id", format!("{}-fenced", s.app))
+                .create()
+                .unwrap();
+            zombie_hunter.init_transactions(Duration::from_secs(30)).unwrap();
+        }
+    });
+    let got = read_receipts(&s, w.expected.len());
+    assert_same(&receipt_set(&got).0, &w.expected, &|| allread.log_text());
+    let twice = duplicates(&got);
+    assert!(
+        twice.is_empty(),
+        "{} receipts emitted more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    let (_, metrics) = common::http_get(s.http_port, "/metrics").expect("still running after being fenced");
+    let replaced = metric(&metrics, "allread_producer_recreations_total").unwrap();
+    assert!(replaced >= 1.0, "the fenced producer was replaced: {replaced}; log: {}", allread.log_text());
+}
