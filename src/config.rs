@@ -24,6 +24,12 @@ pub struct Config {
     pub processing: Processing,
     pub http: Http,
     pub engine: EngineConfig,
+    /// A topology file to use instead of the embedded `topology/topology.toml` (the topic-level
+    /// settings of the topics allread owns).
+    pub topology_file: Option<PathBuf>,
+    /// What `topology_file` (or the embedded file) holds; loaded by [`Config::load`].
+    #[serde(skip)]
+    pub topology: crate::topology::TopologySettings,
     /// librdkafka properties passed to every client (consumer, producer, admin) unchanged,
     /// e.g. `"security.protocol" = "SASL_SSL"`. They override allread's own choices.
     pub kafka: BTreeMap<String, String>,
@@ -46,8 +52,6 @@ pub struct Topics {
     /// Partitions of the output topic, if allread creates it (default: `partitions`).
     pub output_partitions: Option<i32>,
     pub dlq_partitions: i32,
-    /// `retention.ms` of the repartition topic.
-    pub repartition_retention_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +110,8 @@ impl Default for Config {
             processing: Processing::default(),
             http: Http::default(),
             engine: EngineConfig::default(),
+            topology_file: None,
+            topology: crate::topology::TopologySettings::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -122,7 +128,6 @@ impl Default for Topics {
             replication_factor: 1,
             output_partitions: None,
             dlq_partitions: 1,
-            repartition_retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -254,12 +259,26 @@ impl Config {
                 ConfigError::Env { var, key, message }
             })?;
         }
+        cfg.load_topology()?;
         Ok(cfg)
+    }
+
+    /// Reads `topology_file`, if one is set, into `topology` (else the embedded file stays).
+    pub fn load_topology(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.topology_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            self.topology = crate::topology::TopologySettings::parse(&text)
+                .map_err(|message| ConfigError::Parse { path: path.clone(), message })?;
+        }
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let mut cfg = Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        cfg.load_topology()?;
+        Ok(cfg)
     }
 
     /// Parses TOML; the error names the offending key and line.
@@ -670,5 +689,20 @@ mod layering {
         assert!(err.contains("paritions") && err.contains("line 3"), "{err}");
         let err = Config::load(Some(Path::new("/nonexistent/allread.toml")), env(&[])).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/allread.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_topology_file_is_loaded_and_checked() {
+        let topology = toml_file(
+            &crate::topology::DEFAULT_FILE.replace(r#""retention.ms" = "604800000""#, r#""retention.ms" = "1000""#),
+        );
+        let path = topology.path().display().to_string();
+        let c = Config::load(None, env(&[("ALLREAD_TOPOLOGY_FILE", path.as_str())])).unwrap();
+        assert_eq!(c.topology.repartition.config["retention.ms"], "1000");
+        assert_eq!(Config::load(None, env(&[])).unwrap().topology, crate::topology::TopologySettings::default());
+        let bad = toml_file(&crate::topology::DEFAULT_FILE.replace(r#"{ "cleanup.policy" = "compact" }"#, "{}"));
+        let bad_path = bad.path().display().to_string();
+        let err = Config::load(None, env(&[("ALLREAD_TOPOLOGY_FILE", bad_path.as_str())])).unwrap_err().to_string();
+        assert!(err.contains(&bad_path) && err.contains("changelog: cleanup.policy must include"), "{err}");
     }
 }

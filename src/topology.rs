@@ -1,9 +1,12 @@
 //! The processor's topology: its sources, the repartition, the state store, its sinks, and
 //! every topic with its partitions, replication and topic-level settings.
 //!
-//! The topology is derived from the configuration (the one source of truth), so that what
-//! `allread topology describe` prints, what `allread topology apply` creates and what
-//! `allread run` uses cannot disagree. The record schemas are in `topology/schemas/`.
+//! The topology is built from the configuration (names, partitions, replication) and the
+//! topology file (`topology/topology.toml`, embedded; `topology_file` loads another), the
+//! topic-level settings of every topic allread owns. What `allread topology describe`
+//! prints, what `allread topology apply` creates and what `allread run` uses are built by
+//! the same code from the same inputs, so they cannot disagree. The record schemas are in
+//! `topology/schemas/`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +18,51 @@ use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
 use crate::kafka::admin::{self, AdminError, TopicSpec};
+
+/// The topology file allread embeds: `topology/topology.toml`.
+pub const DEFAULT_FILE: &str = include_str!("../topology/topology.toml");
+
+/// The topology file: the topic-level settings of each topic allread owns.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySettings {
+    pub repartition: TopicSettings,
+    pub changelog: TopicSettings,
+    pub output: TopicSettings,
+    pub dlq: TopicSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Kafka topic-level configs (`cleanup.policy`, `retention.ms`, `min.insync.replicas`, ...).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl TopologySettings {
+    /// Parses and checks a topology file; the error names the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t: TopologySettings = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let policy = |s: &TopicSettings| s.config.get("cleanup.policy").cloned().unwrap_or_else(|| "delete".into());
+        if !policy(&t.changelog).contains("compact") {
+            return Err("changelog: cleanup.policy must include \"compact\" (restores read the latest value per key; deleted segments would lose state)".into());
+        }
+        if policy(&t.repartition).contains("compact") {
+            return Err(
+                "repartition: cleanup.policy must not include \"compact\" (compaction by room would drop events)"
+                    .into(),
+            );
+        }
+        Ok(t)
+    }
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self::parse(DEFAULT_FILE).expect("the embedded topology file is valid")
+    }
+}
 
 /// One topic of the topology.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,4 +229,39 @@ pub fn check(client: &ClientConfig, topology: &Topology) -> Result<Vec<Drift>, A
         }
     }
     Ok(drift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_file_is_the_repository_file_and_parses() {
+        let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.toml")).unwrap();
+        assert_eq!(on_disk, DEFAULT_FILE);
+        let t = TopologySettings::default();
+        assert_eq!(t.changelog.config["cleanup.policy"], "compact");
+        assert_eq!(t.repartition.config["retention.ms"], "604800000");
+    }
+
+    #[test]
+    fn a_changelog_that_is_not_compacted_or_a_compacted_repartition_is_refused() {
+        let with = |repartition: &str, changelog: &str| {
+            format!("[repartition]\nconfig = {repartition}\n[changelog]\nconfig = {changelog}\n[output]\n[dlq]\n")
+        };
+        let ok = with("{}", r#"{ "cleanup.policy" = "compact,delete" }"#);
+        assert!(TopologySettings::parse(&ok).is_ok(), "{ok}");
+        let err = TopologySettings::parse(&with("{}", r#"{ "cleanup.policy" = "delete" }"#)).unwrap_err();
+        assert!(err.starts_with("changelog: cleanup.policy must include"), "{err}");
+        let err = TopologySettings::parse(&with("{}", "{}")).unwrap_err();
+        assert!(err.starts_with("changelog:"), "no policy means delete: {err}");
+        let err = TopologySettings::parse(&with(
+            r#"{ "cleanup.policy" = "compact" }"#,
+            r#"{ "cleanup.policy" = "compact" }"#,
+        ))
+        .unwrap_err();
+        assert!(err.starts_with("repartition: cleanup.policy must not"), "{err}");
+        let err = TopologySettings::parse(&format!("{ok}[sink]\n")).unwrap_err();
+        assert!(err.contains("unknown field `sink`"), "{err}");
+    }
 }

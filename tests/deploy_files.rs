@@ -29,6 +29,7 @@ fn exported_series() -> BTreeSet<String> {
         &metrics.rocksdb_keys,
         &metrics.rocksdb_sst_bytes,
         &metrics.rocksdb_memtable_bytes,
+        &metrics.restore_remaining,
     ] {
         per_task.with_label_values(&["0"]);
     }

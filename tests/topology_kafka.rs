@@ -64,6 +64,48 @@ fn check_reports_drift_without_changing_anything() {
 }
 
 #[test]
+fn a_topology_file_sets_the_topic_level_settings_that_apply_creates_and_check_compares() {
+    let app = common::unique("topofile_");
+    let read = format!("{app}-reads");
+    common::create_topic(&common::broker(), &read, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topology.toml");
+    let text = allread::topology::DEFAULT_FILE.replace(
+        r#"config = { "cleanup.policy" = "delete" }"#,
+        r#"config = { "cleanup.policy" = "delete", "retention.ms" = "86400000", "segment.ms" = "3600000" }"#,
+    );
+    assert_ne!(text, allread::topology::DEFAULT_FILE, "the DLQ's settings were replaced");
+    std::fs::write(&file, text).unwrap();
+    let mut cfg = config(&app, &read);
+    cfg.topology_file = Some(file);
+    cfg.load_topology().unwrap();
+    let t = topology::build(&cfg);
+    assert!(
+        t.describe().contains("cleanup.policy: delete, retention.ms: 86400000, segment.ms: 3600000"),
+        "{}",
+        t.describe()
+    );
+    let client = base_client_config(&cfg);
+    topology::apply(&client, &t).unwrap();
+    assert_eq!(topology::check(&client, &t).unwrap(), vec![], "the broker has the file's settings");
+
+    // Topics created with the embedded settings have drifted from the file's.
+    let other = common::unique("topofile_");
+    let mut before = config(&other, &read);
+    topology::apply(&client, &topology::build(&before)).unwrap();
+    before.topology_file = cfg.topology_file.clone();
+    before.load_topology().unwrap();
+    let drift = topology::check(&client, &topology::build(&before)).unwrap();
+    let problems: Vec<&str> =
+        drift.iter().filter(|d| d.topic == before.dlq_topic()).map(|d| d.problem.as_str()).collect();
+    assert_eq!(problems.len(), 2, "{drift:?}");
+    assert!(
+        problems.iter().any(|p| p.starts_with("segment.ms is ") && p.ends_with("the topology says 3600000")),
+        "{drift:?}"
+    );
+}
+
+#[test]
 fn describe_names_every_node_and_topic() {
     let cfg = Config::default();
     let text = topology::build(&cfg).describe();

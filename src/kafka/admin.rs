@@ -38,9 +38,15 @@ pub struct TopicSpec {
     pub replication: i32,
     /// Require exactly `partitions` when the topic exists already.
     pub exact_partitions: bool,
-    pub config: Vec<(&'static str, String)>,
+    pub config: Vec<(String, String)>,
 }
 
+fn settings(t: &crate::topology::TopicSettings) -> Vec<(String, String)> {
+    t.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// allread's own topics: names, partitions and replication from the configuration, topic-level
+/// settings from the topology file.
 pub fn owned_topics(cfg: &Config) -> Vec<TopicSpec> {
     let t = &cfg.topics;
     vec![
@@ -49,7 +55,7 @@ pub fn owned_topics(cfg: &Config) -> Vec<TopicSpec> {
             partitions: t.partitions,
             replication: t.replication_factor,
             exact_partitions: true,
-            config: vec![("cleanup.policy", "delete".into()), ("retention.ms", t.repartition_retention_ms.to_string())],
+            config: settings(&cfg.topology.repartition),
         },
         TopicSpec {
             name: cfg.changelog_topic(),
@@ -57,21 +63,21 @@ pub fn owned_topics(cfg: &Config) -> Vec<TopicSpec> {
             replication: t.replication_factor,
             exact_partitions: true,
             // Compacted: the latest value of every key is the state; a delete is a tombstone.
-            config: vec![("cleanup.policy", "compact".into())],
+            config: settings(&cfg.topology.changelog),
         },
         TopicSpec {
             name: cfg.dlq_topic(),
             partitions: t.dlq_partitions,
             replication: t.replication_factor,
             exact_partitions: false,
-            config: vec![("cleanup.policy", "delete".into())],
+            config: settings(&cfg.topology.dlq),
         },
         TopicSpec {
             name: t.output.clone(),
             partitions: t.output_partitions.unwrap_or(t.partitions),
             replication: t.replication_factor,
             exact_partitions: false,
-            config: vec![],
+            config: settings(&cfg.topology.output),
         },
     ]
 }
