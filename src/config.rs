@@ -93,6 +93,9 @@ pub struct Processing {
     pub max_id_bytes: usize,
     /// Records taken from the consumer per processing round.
     pub max_poll_records: usize,
+    /// How long routing waits for an input partition that has records not fetched yet,
+    /// before going on out of timestamp order (Kafka Streams' `max.task.idle.ms`).
+    pub max_task_idle_ms: u64,
     /// Changelog records a restore applies per processing round: larger restores faster,
     /// smaller keeps tasks that are already running more responsive meanwhile.
     pub restore_batch_records: usize,
@@ -160,6 +163,7 @@ impl Default for Processing {
             max_record_bytes: DecodeLimits::default().max_record_bytes,
             max_id_bytes: DecodeLimits::default().max_id_bytes,
             max_poll_records: 10_000,
+            max_task_idle_ms: 1_000,
             restore_batch_records: 50_000,
             shutdown_timeout_ms: 30_000,
         }

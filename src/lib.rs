@@ -35,5 +35,6 @@ pub mod metrics;
 pub mod receipts;
 pub mod replay;
 pub mod runtime;
+pub mod sim;
 pub mod store;
 pub mod topology;

@@ -70,6 +70,26 @@ enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
+    /// A simulated chat on Kafka: write it (as fast as possible, or live at its own pace) and
+    /// check the receipts a running processor gives for it against the spec's reference model.
+    Sim {
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// The throughput limit: consume the chat's topics and produce every record to SINK with
+    /// allread's client settings, until EXPECT records went through.
+    Passthrough {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long, default_value = "^chatroom_.*")]
+        room_pattern: String,
+        #[arg(long, default_value = "read_events")]
+        read_topic: String,
+        #[arg(long)]
+        sink: String,
+        #[arg(long)]
+        expect: u64,
+    },
     /// Run the receipt engine over records from a JSON Lines file (no Kafka) and print
     /// every receipt_complete as JSON, one per line.
     ///
@@ -86,6 +106,93 @@ enum Command {
         #[arg(long, default_value = "read_events")]
         read_topic: String,
     },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Members of an ordinary room.
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// How many of the rooms have --large-members members.
+    #[arg(long, default_value_t = 0)]
+    large_rooms: usize,
+    #[arg(long, default_value_t = 1000)]
+    large_members: usize,
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Messages per second of chat time.
+    #[arg(long, default_value_t = 1000.0)]
+    message_rate: f64,
+    #[arg(long, default_value_t = 0.2)]
+    slow_readers: f64,
+    #[arg(long, default_value_t = 0.1)]
+    offline_readers: f64,
+    /// Per message, the chance that a member leaves and a new user joins.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    #[arg(long, default_value = "chatroom_")]
+    room_prefix: String,
+    #[arg(long, default_value = "read_events")]
+    read_topic: String,
+    #[arg(long, default_value_t = 8)]
+    read_partitions: i32,
+    #[arg(long, default_value = "receipt_complete")]
+    output: String,
+    /// Produce each event at its chat time (open loop), not as fast as possible.
+    #[arg(long)]
+    live: bool,
+    /// In live mode, run chat time this many times faster than the clock.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Only write the chat (no check), or only check (the chat was written before).
+    #[arg(long, conflicts_with = "check_only")]
+    produce_only: bool,
+    #[arg(long)]
+    check_only: bool,
+    /// Seconds to wait for the receipts once the chat is written.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
+    /// Receipts emitted twice count as failures.
+    #[arg(long)]
+    exactly_once: bool,
+}
+
+impl SimArgs {
+    fn options(&self) -> allread::sim::run::Options {
+        use allread::sim::workload::Shape;
+        allread::sim::run::Options {
+            shape: Shape {
+                seed: self.seed,
+                rooms: self.rooms,
+                members: self.members,
+                large_rooms: self.large_rooms,
+                large_members: self.large_members,
+                messages: self.messages,
+                message_rate: self.message_rate,
+                slow_readers: self.slow_readers,
+                offline_readers: self.offline_readers,
+                churn: self.churn,
+                ..Shape::default()
+            },
+            bootstrap: self.bootstrap.clone(),
+            room_prefix: self.room_prefix.clone(),
+            read_topic: self.read_topic.clone(),
+            read_partitions: self.read_partitions,
+            output: self.output.clone(),
+            live: self.live,
+            speed: self.speed,
+            produce: !self.check_only,
+            check: !self.produce_only,
+            wait: std::time::Duration::from_secs(self.wait),
+            exactly_once: self.exactly_once,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -193,6 +300,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Topology { action } => topology_command(action),
+        Command::Sim { sim } => {
+            allread::sim::run::run(&sim.options())?;
+            Ok(())
+        }
+        Command::Passthrough { bootstrap, room_pattern, read_topic, sink, expect } => {
+            allread::sim::run::passthrough(&bootstrap, &room_pattern, &read_topic, &sink, expect)
+        }
         Command::Replay { input, state_dir, room_prefix, read_topic } => {
             let reader: Box<dyn io::BufRead> = if input.as_os_str() == "-" {
                 Box::new(BufReader::new(io::stdin()))

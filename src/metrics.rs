@@ -59,6 +59,9 @@ pub struct Metrics {
     /// Per task: changelog records still to restore (0 once restored).
     pub restore_remaining: IntGaugeVec,
     pub restoring_tasks: IntGauge,
+    /// Routing rounds that went ahead after `max_task_idle_ms` although an input partition
+    /// still had records to fetch (input possibly out of timestamp order).
+    pub enforced_routing: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -242,6 +245,11 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            enforced_routing: counter(
+                &r,
+                "allread_enforced_routing_total",
+                "Routing rounds that stopped waiting for a lagging input partition after processing.max_task_idle_ms.",
+            ),
             registry: r,
         };
         // Process RSS, CPU seconds and open file descriptors.

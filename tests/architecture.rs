@@ -35,3 +35,15 @@ fn the_engine_imports_no_io_crate_and_reads_no_clock() {
     }
     assert!(checked >= 5, "found only {checked} engine source files");
 }
+
+#[test]
+fn the_reference_model_shares_no_code_with_the_engine() {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/sim/model.rs")).unwrap();
+    let code: Vec<&str> = source.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+    for word in
+        ["receipts::engine", "receipts::room", "receipts::persist", "receipts::view", "Engine<", "Engine::", "store::"]
+    {
+        assert!(!code.iter().any(|l| l.contains(word)), "src/sim/model.rs uses {word}: it must stay independent");
+    }
+    assert!(code.iter().any(|l| l.contains("use crate::receipts::{")), "it uses the event types only");
+}

@@ -12,10 +12,10 @@ mod common;
 use std::collections::BTreeSet;
 
 use allread::receipts::{Engine, EngineConfig, Event, Id, Millis, Outcomes, ReadScope, ReceiptComplete};
+use allread::sim::model::Model;
 use allread::store::memory::MemoryStore;
 use allread::store::rocks::RocksStore;
 use allread::store::KvStore;
-use common::model::Model;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------- actions

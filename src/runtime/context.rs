@@ -26,7 +26,7 @@ impl ConsumerContext for RuntimeContext {
         let result: KafkaResult<()> = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 info!(partitions = tpl.count(), "partitions assigned");
-                let paused = processor.on_assign(tpl);
+                let paused = processor.on_assign(consumer, tpl);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 // Tasks restore before they process: their partitions wait, paused.
                 assigned.and_then(|()| if paused.count() > 0 { consumer.pause(&paused) } else { Ok(()) })

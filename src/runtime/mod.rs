@@ -16,6 +16,7 @@
 
 mod context;
 mod processor;
+mod router;
 pub mod task;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,8 +307,8 @@ fn process_until(
             return Err(fatal);
         }
         let mut failed = p.pending_rewind.take();
-        if failed.is_none() && !batch.is_empty() {
-            failed = p.handle_batch(batch).err();
+        if failed.is_none() && (!batch.is_empty() || p.buffered_inputs() > 0) {
+            failed = p.handle_batch(consumer, batch).err();
         }
         if failed.is_none() && p.last_commit.elapsed() >= commit_every {
             match p.commit(consumer, CommitMode::Async) {

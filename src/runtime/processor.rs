@@ -22,8 +22,7 @@
 //! consumer (no group, `read_committed`) replays their changelog partition from the local
 //! store's changelog offset to the end; tasks already restored keep processing meanwhile.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +35,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, info_span, warn};
 
 use super::context::RuntimeContext;
+use super::router::{Backlog, InputBuffer};
 use super::task::{ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
 use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
@@ -172,6 +172,8 @@ pub struct Processor {
     /// partition EOF on.
     restorer: BaseConsumer<RestoreContext>,
     restores: BTreeMap<i32, Restore>,
+    /// Input records waiting to be routed in timestamp order.
+    inputs: InputBuffer,
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: HashMap<(String, i32), i64>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
@@ -245,6 +247,7 @@ impl Processor {
             tasks: BTreeMap::new(),
             restorer,
             restores: BTreeMap::new(),
+            inputs: InputBuffer::default(),
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
             metrics,
@@ -287,18 +290,34 @@ impl Processor {
         self.tasks.values().filter(|t| t.restoring).count()
     }
 
-    /// Routes and processes one batch of polled records.
-    pub fn handle_batch(&mut self, records: Vec<OwnedMessage>) -> Result<(), RuntimeError> {
+    /// Routes what can be routed (see `router`) and processes one batch of polled records.
+    pub fn handle_batch(&mut self, consumer: &Consumer_, records: Vec<OwnedMessage>) -> Result<(), RuntimeError> {
         let now = now_ms();
-        let (repartitioned, inputs): (Vec<_>, Vec<_>) =
-            records.into_iter().partition(|m| self.is_repartition(m.topic()));
-        for m in merge_by_timestamp(inputs) {
+        let mut repartitioned = Vec::new();
+        for m in records {
+            if self.is_repartition(m.topic()) {
+                repartitioned.push(m);
+            } else {
+                self.inputs.push(m);
+            }
+        }
+        let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
+        let (ready, enforced) = self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle);
+        if enforced {
+            self.metrics.enforced_routing.inc();
+        }
+        for m in ready {
             self.route(&m)?;
         }
         for m in repartitioned {
             self.process(&m, now)?;
         }
         Ok(())
+    }
+
+    /// Input records polled but not routed yet.
+    pub fn buffered_inputs(&self) -> usize {
+        self.inputs.buffered()
     }
 
     /// Input record -> repartition topic (by room), or -> dead letters.
@@ -600,6 +619,15 @@ impl Processor {
         self.kafka_committed.clear();
         match consumer.assignment().and_then(|a| consumer.committed_offsets(a, Duration::from_secs(10))) {
             Ok(committed) => {
+                let positions: HashMap<(String, i32), i64> = committed
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                        _ => None,
+                    })
+                    .collect();
+                self.inputs.reset(&positions);
                 for elem in committed.elements() {
                     if self.is_repartition(elem.topic()) {
                         continue;
@@ -613,15 +641,36 @@ impl Processor {
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "reading committed offsets failed; input may be re-read from later positions"),
+            Err(e) => {
+                self.inputs.reset(&HashMap::new());
+                warn!(error = %e, "reading committed offsets failed; input may be re-read from later positions")
+            }
         }
     }
 
     /// Partitions assigned: open a task per repartition partition, restoring. Returns the
     /// partitions to pause until their tasks are restored.
-    pub fn on_assign(&mut self, tpl: &mut TopicPartitionList) -> TopicPartitionList {
+    pub fn on_assign(&mut self, consumer: &Consumer_, tpl: &mut TopicPartitionList) -> TopicPartitionList {
         self.assigned = true;
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        // Input partitions: where each starts, so that the router knows which have a backlog.
+        let mut inputs = TopicPartitionList::new();
+        for e in tpl.elements().iter().filter(|e| !self.is_repartition(e.topic())) {
+            inputs.add_partition(e.topic(), e.partition());
+        }
+        if inputs.count() > 0 {
+            let committed = consumer.committed_offsets(inputs.clone(), Duration::from_secs(10)).unwrap_or_else(|e| {
+                warn!(error = %e, "reading committed offsets of new input partitions");
+                inputs
+            });
+            for e in committed.elements() {
+                let next = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                self.inputs.assign(e.topic(), e.partition(), next);
+            }
+        }
         let mut paused = TopicPartitionList::new();
         let mine: Vec<i32> =
             tpl.elements().iter().filter(|e| self.is_repartition(e.topic())).map(|e| e.partition()).collect();
@@ -683,6 +732,7 @@ impl Processor {
                 }
             } else {
                 self.routed.remove(&(elem.topic().to_string(), elem.partition()));
+                self.inputs.revoke(elem.topic(), elem.partition());
             }
         }
     }
@@ -881,30 +931,27 @@ impl Processor {
     }
 }
 
-/// Input records in approximately timestamp order across partitions, each partition's own
-/// order kept (as Kafka Streams picks a task's next record by head timestamp): a backlog of
-/// reads does not run ahead of the messages it names.
-fn merge_by_timestamp(records: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
-    let mut queues: HashMap<(String, i32), std::collections::VecDeque<OwnedMessage>> = HashMap::new();
-    for m in records {
-        queues.entry((m.topic().to_string(), m.partition())).or_default().push_back(m);
-    }
-    if queues.len() <= 1 {
-        return queues.into_values().flatten().collect();
-    }
-    let mut queues: Vec<_> = queues.into_values().collect();
-    let mut heads: BinaryHeap<Reverse<(i64, usize)>> = queues
-        .iter()
-        .enumerate()
-        .filter_map(|(i, q)| q.front().map(|m| Reverse((m.timestamp().to_millis().unwrap_or(0), i))))
-        .collect();
-    let mut out = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
-    while let Some(Reverse((_, i))) = heads.pop() {
-        let m = queues[i].pop_front().expect("a queue in the heap has a head");
-        out.push(m);
-        if let Some(next) = queues[i].front() {
-            heads.push(Reverse((next.timestamp().to_millis().unwrap_or(0), i)));
+/// The client's cached high watermarks (updated by every fetch response; no request).
+struct CachedWatermarks<'a>(&'a Consumer_);
+
+impl Backlog for CachedWatermarks<'_> {
+    fn has_more(&self, topic: &str, partition: i32, next: Option<i64>) -> Option<bool> {
+        let Ok(topic) = std::ffi::CString::new(topic) else { return Some(false) };
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while the consumer lives; librdkafka only
+        // reads the topic name and writes the two offsets.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.0.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+            return None;
         }
+        Some(high > next.unwrap_or(low.max(0)))
     }
-    out
 }

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-pub mod model;
 pub mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,8 +11,8 @@ use std::time::Duration;
 use allread::receipts::{EngineConfig, Event, ReadScope};
 use serde_json::{json, Value};
 
-use super::model::Model;
 use super::{Chat, Record, Setup};
+use allread::sim::model::Model;
 
 pub fn join(u: &str) -> Value {
     json!({"type": "join", "user_id": u, "at": "2026-11-28T10:00:00Z"})

@@ -1,10 +1,11 @@
 //! A deliberately naive reference model of the spec (`shared/spec/receipts.md`): every
 //! member and reader set kept in full, every pending message re-checked after every event.
-//! It shares no code with the engine; tests compare the two.
+//! It shares no code with the engine (only the event and receipt types): the tests compare
+//! the two, and `allread sim check` computes the ground truth of a simulated chat with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use allread::receipts::{EngineConfig, Event, Millis, Outcomes, ReadScope, ReceiptComplete};
+use crate::receipts::{EngineConfig, Event, Millis, Outcomes, ReadScope, ReceiptComplete};
 
 #[derive(Clone, Debug)]
 struct MMsg {
@@ -164,7 +165,7 @@ impl Model {
 
     /// Completes, in seq order, every pending message that every member has read.
     fn check(&mut self, room_id: &str, room: &mut MRoom, now: Millis) {
-        let members = room.members.clone();
+        let members = &room.members;
         let (done, waiting): (Vec<MMsg>, Vec<MMsg>) =
             room.pending.drain(..).partition(|m| members.iter().all(|(u, h)| *h >= m.seq || m.readers.contains(u)));
         room.pending = waiting;

@@ -1,0 +1,198 @@
+//! Input records wait here until they can be routed in timestamp order across the input
+//! partitions, as Kafka Streams picks a task's next record (KIP-695).
+//!
+//! librdkafka fetches each partition on its own, so after a restart or under a backlog the
+//! read topic's partitions can be fetched far ahead of the room topics'. Routed in arrival
+//! order, reads would then run ahead of the joins and messages they follow: reads by users
+//! who have not joined yet count as non-member reads, and reads of messages not seen yet are
+//! parked, beyond the per-user bound, and dropped. So a record is routed only when no other
+//! assigned partition can still deliver an earlier one: every partition either has buffered
+//! records (whose heads are compared) or has nothing left to fetch. A partition known to have
+//! unfetched records holds routing back until it is fetched, or for at most `max_idle`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Message, OwnedMessage};
+
+type Key = (String, i32);
+
+#[derive(Default)]
+struct Part {
+    queue: VecDeque<OwnedMessage>,
+    /// The offset after the last record polled (or the committed offset), if known.
+    next: Option<i64>,
+}
+
+#[derive(Default)]
+pub struct InputBuffer {
+    parts: HashMap<Key, Part>,
+    waiting_since: Option<Instant>,
+}
+
+/// What a partition still holds on the broker, as far as the client knows.
+pub trait Backlog {
+    /// Whether `topic`/`partition` has records at or after `next` not fetched yet (`next =
+    /// None`: the position is unknown); `None` when the client does not know yet (nothing
+    /// fetched from it so far).
+    fn has_more(&self, topic: &str, partition: i32, next: Option<i64>) -> Option<bool>;
+}
+
+/// How long routing waits for a partition nothing was fetched from yet (just assigned): as
+/// Kafka Streams does for unknown lag, until its first fetch, within reason.
+pub const FIRST_FETCH_PATIENCE: Duration = Duration::from_secs(10);
+
+fn timestamp(m: &OwnedMessage) -> i64 {
+    m.timestamp().to_millis().unwrap_or(0)
+}
+
+impl InputBuffer {
+    pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
+        self.parts.insert((topic.to_string(), partition), Part { queue: VecDeque::new(), next });
+    }
+
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        self.parts.remove(&(topic.to_string(), partition));
+    }
+
+    /// Drops every buffered record (the consumer was rewound) and sets each partition's
+    /// position from `positions`.
+    pub fn reset(&mut self, positions: &HashMap<Key, i64>) {
+        for (key, part) in self.parts.iter_mut() {
+            part.queue.clear();
+            part.next = positions.get(key).copied();
+        }
+        self.waiting_since = None;
+    }
+
+    pub fn push(&mut self, m: OwnedMessage) {
+        let part = self.parts.entry((m.topic().to_string(), m.partition())).or_default();
+        part.next = Some(m.offset() + 1);
+        part.queue.push_back(m);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.parts.values().map(|p| p.queue.len()).sum()
+    }
+
+    /// The records that can be routed now, in timestamp order (each partition's own order
+    /// kept), and whether routing went ahead without waiting any longer for a lagging
+    /// partition (after `max_idle`).
+    pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<OwnedMessage>, bool) {
+        // The longest any empty partition asks us to wait: max_idle for a known backlog, more
+        // for one not fetched at all yet.
+        let mut patience = None;
+        for (key, part) in self.parts.iter().filter(|(_, p)| p.queue.is_empty()) {
+            match backlog.has_more(&key.0, key.1, part.next) {
+                Some(false) => {}
+                Some(true) => patience = patience.max(Some(max_idle)),
+                None => patience = Some(FIRST_FETCH_PATIENCE.max(max_idle)),
+            }
+        }
+        let mut enforced = false;
+        if let Some(patience) = patience {
+            let since = *self.waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < patience {
+                return (Vec::new(), false);
+            }
+            enforced = true;
+        }
+        self.waiting_since = None;
+        let mut heads: BinaryHeap<Reverse<(i64, Key)>> = self
+            .parts
+            .iter()
+            .filter_map(|(k, p)| p.queue.front().map(|m| Reverse((timestamp(m), k.clone()))))
+            .collect();
+        let mut out = Vec::new();
+        while let Some(Reverse((_, key))) = heads.pop() {
+            let part = self.parts.get_mut(&key).expect("heads are of known partitions");
+            out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
+            match part.queue.front() {
+                Some(next) => heads.push(Reverse((timestamp(next), key))),
+                None if !enforced && backlog.has_more(&key.0, key.1, part.next) != Some(false) => {
+                    // It may deliver something earlier than the other heads: wait for it.
+                    self.waiting_since = Some(Instant::now());
+                    break;
+                }
+                None => {}
+            }
+        }
+        (out, enforced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Timestamp;
+    use std::collections::HashSet;
+
+    fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> OwnedMessage {
+        OwnedMessage::new(None, None, topic.into(), Timestamp::CreateTime(ts), partition, offset, None)
+    }
+
+    /// Partitions with records left on the broker.
+    struct Lagging(HashSet<(String, i32)>);
+    impl Backlog for Lagging {
+        fn has_more(&self, topic: &str, partition: i32, _: Option<i64>) -> Option<bool> {
+            Some(self.0.contains(&(topic.to_string(), partition)))
+        }
+    }
+
+    fn offsets(out: &[OwnedMessage]) -> Vec<(String, i64)> {
+        out.iter().map(|m| (m.topic().to_string(), m.offset())).collect()
+    }
+
+    #[test]
+    fn records_go_out_in_timestamp_order_across_partitions() {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        for (i, ts) in [10, 20, 30].into_iter().enumerate() {
+            b.push(record("room", 0, i as i64, ts));
+        }
+        for (i, ts) in [5, 15, 25].into_iter().enumerate() {
+            b.push(record("reads", 0, i as i64, ts));
+        }
+        let (out, enforced) = b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1));
+        assert!(!enforced);
+        let order: Vec<i64> = out.iter().map(timestamp).collect();
+        assert_eq!(order, [5, 10, 15, 20, 25, 30]);
+    }
+
+    #[test]
+    fn a_partition_with_unfetched_records_holds_routing_back_until_max_idle() {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        b.push(record("reads", 0, 0, 50));
+        let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
+        assert!(b.drain_ready(&lagging, Duration::from_millis(30)).0.is_empty(), "the room topic is behind");
+        // Once its records are fetched, the earlier one goes first.
+        b.push(record("room", 0, 0, 40));
+        let (out, _) = b.drain_ready(&lagging, Duration::from_millis(30));
+        assert_eq!(offsets(&out), [("room".to_string(), 0)], "then the room has nothing buffered but more to fetch");
+        std::thread::sleep(Duration::from_millis(40));
+        let (out, enforced) = b.drain_ready(&lagging, Duration::from_millis(30));
+        assert!(enforced, "after max_idle routing goes on");
+        assert_eq!(offsets(&out), [("reads".to_string(), 0)]);
+    }
+
+    #[test]
+    fn idle_partitions_do_not_hold_anything_back_and_a_reset_drops_the_buffer() {
+        let mut b = InputBuffer::default();
+        b.assign("quiet-room", 0, Some(7));
+        b.assign("reads", 1, Some(0));
+        b.push(record("reads", 1, 0, 1));
+        let (out, _) = b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1));
+        assert_eq!(out.len(), 1);
+        b.push(record("reads", 1, 1, 2));
+        assert_eq!(b.buffered(), 1);
+        b.reset(&HashMap::new());
+        assert_eq!(b.buffered(), 0);
+        b.revoke("reads", 1);
+        b.revoke("quiet-room", 0);
+        assert!(b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1)).0.is_empty());
+    }
+}

@@ -1,0 +1,391 @@
+//! The simulator against Kafka: producing a chat, checking the receipts a processor gives for
+//! it against the reference model, and the passthrough that measures the broker's and the
+//! client's own limit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::json;
+
+use super::workload::{generate, ground_truth, Shape, SimEvent, Target};
+use crate::codec::format_millis;
+use crate::kafka::admin::{ensure_topics, TopicSpec};
+use crate::receipts::{Event, ReadScope};
+
+/// Where the chat lives and how it is driven.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub shape: Shape,
+    pub bootstrap: String,
+    pub room_prefix: String,
+    pub read_topic: String,
+    pub read_partitions: i32,
+    pub output: String,
+    /// Produce each event at its chat time (open loop) instead of as fast as possible.
+    pub live: bool,
+    /// Chat time runs this much faster than wall time in live mode.
+    pub speed: f64,
+    pub produce: bool,
+    pub check: bool,
+    /// How long to wait for the receipts once everything is produced.
+    pub wait: Duration,
+    /// Receipts seen twice are a failure (the processor runs exactly_once).
+    pub exactly_once: bool,
+}
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub events: usize,
+    pub expected: usize,
+    pub received: usize,
+    pub missing: usize,
+    pub unexpected: usize,
+    pub duplicates: usize,
+    pub wrong: usize,
+    pub first_receipt_ms: i64,
+    pub last_receipt_ms: i64,
+}
+
+impl Report {
+    pub fn ok(&self, exactly_once: bool) -> bool {
+        self.missing == 0 && self.unexpected == 0 && self.wrong == 0 && (!exactly_once || self.duplicates == 0)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// The chat's JSON, as its clients would write it.
+fn encode(e: &SimEvent, epoch: i64) -> Vec<u8> {
+    let v = match &e.event {
+        Event::Message { message_id, sender_id, sent_at, .. } => json!({
+            "type": "message", "message_id": &**message_id, "sender_id": &**sender_id,
+            "sent_at": format_millis(epoch + sent_at), "body": "simulated",
+        }),
+        Event::Join { user_id, at, .. } => json!({"type": "join", "user_id": &**user_id, "at": epoch + at}),
+        Event::Leave { user_id, at, .. } => json!({"type": "leave", "user_id": &**user_id, "at": epoch + at}),
+        Event::Read { room_id, user_id, message_id, read_at, scope } => {
+            let mut v = json!({
+                "room_id": &**room_id, "user_id": &**user_id, "message_id": &**message_id, "read_at": epoch + read_at,
+            });
+            if *scope == ReadScope::Message {
+                v["scope"] = "message".into();
+            }
+            v
+        }
+    };
+    serde_json::to_vec(&v).expect("JSON values serialize")
+}
+
+/// Runs the simulation as `opts` says and prints what it did; fails if the check fails.
+pub fn run(opts: &Options) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let events = generate(&opts.shape);
+    let truth = ground_truth(&events);
+    eprintln!(
+        "sim: {} events ({} rooms, {} messages), {} receipts expected; generated in {:.1} s",
+        events.len(),
+        opts.shape.rooms,
+        opts.shape.messages,
+        truth.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // Chat time 0 in wall-clock milliseconds. Recent even when the chat is written as fast as
+    // possible: a processor expires messages by their age, as the spec says it should.
+    let epoch = now_ms() + if opts.live { 1_000 } else { 0 };
+    let checker = if opts.check { Some(Checker::start(opts)?) } else { None };
+    if opts.produce {
+        produce(opts, &events, epoch)?;
+    }
+    let Some(checker) = checker else {
+        println!("RESULT events={} expected={}", events.len(), truth.len());
+        return Ok(Report { events: events.len(), expected: truth.len(), ..Report::default() });
+    };
+    let report = checker.finish(opts, &events, &truth, epoch)?;
+    if !report.ok(opts.exactly_once) {
+        bail!("the receipts differ from the ground truth: {report:?}");
+    }
+    Ok(report)
+}
+
+fn produce(opts: &Options, events: &[SimEvent], epoch: i64) -> anyhow::Result<()> {
+    let mut specs: Vec<TopicSpec> = (0..opts.shape.rooms as u32)
+        .map(|r| TopicSpec {
+            name: format!("{}room{r}", opts.room_prefix),
+            partitions: 1,
+            replication: 1,
+            exact_partitions: false,
+            config: vec![],
+        })
+        .collect();
+    specs.push(TopicSpec {
+        name: opts.read_topic.clone(),
+        partitions: opts.read_partitions,
+        replication: 1,
+        exact_partitions: false,
+        config: vec![],
+    });
+    ensure_topics(&client(&opts.bootstrap), &specs).context("creating the chat's topics")?;
+    // Idempotent: a retried batch (common right after the topics were created) must not land
+    // behind later ones, or a room's log would not be the chat's order.
+    let producer: ThreadedProducer<DefaultProducerContext> = client(&opts.bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("creating the producer")?;
+    let room_topics: Vec<String> = (0..opts.shape.rooms).map(|r| format!("{}room{r}", opts.room_prefix)).collect();
+    let start = Instant::now();
+    let mut behind = 0u64;
+    for e in events {
+        if opts.live {
+            let due = Duration::from_secs_f64(e.at as f64 / 1000.0 / opts.speed);
+            match due.checked_sub(start.elapsed()) {
+                Some(wait) if wait > Duration::from_millis(1) => std::thread::sleep(wait),
+                Some(_) => {}
+                None => behind += 1,
+            }
+        }
+        let value = encode(e, epoch);
+        let room = e.event.room_id();
+        let topic = match e.target {
+            Target::Room(r) => &room_topics[r as usize],
+            Target::Read => &opts.read_topic,
+        };
+        // Stamped with the chat's time: a processor that orders by record timestamp sees the
+        // chat's order even when it is written much faster than it happened.
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(room.as_bytes()).payload(&value[..]).timestamp(epoch + e.at as i64);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e).context("producing the chat"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).context("flushing the chat")?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "sim: produced {} events in {secs:.1} s ({:.0}/s){}",
+        events.len(),
+        events.len() as f64 / secs,
+        if opts.live { format!("; {behind} sent late") } else { String::new() }
+    );
+    Ok(())
+}
+
+/// Reads `receipt_complete` (`read_committed`) from the beginning while the chat is produced.
+struct Checker {
+    consumer: BaseConsumer,
+}
+
+/// One receipt as read from the output.
+struct Seen {
+    seq: u64,
+    required: u64,
+    arrived_ms: i64,
+}
+
+impl Checker {
+    fn start(opts: &Options) -> anyhow::Result<Checker> {
+        let consumer: BaseConsumer = client(&opts.bootstrap)
+            .set("group.id", format!("allread-sim-check-{}", now_ms()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .context("creating the checker's consumer")?;
+        consumer.subscribe(&[&opts.output]).context("subscribing to the output")?;
+        Ok(Checker { consumer })
+    }
+
+    fn finish(
+        self,
+        opts: &Options,
+        events: &[SimEvent],
+        truth: &[crate::receipts::ReceiptComplete],
+        epoch: i64,
+    ) -> anyhow::Result<Report> {
+        let expected: HashMap<(String, String), &crate::receipts::ReceiptComplete> =
+            truth.iter().map(|r| ((r.room_id.to_string(), r.message_id.to_string()), r)).collect();
+        let mut seen: HashMap<(String, String), Seen> = HashMap::new();
+        let mut report = Report { events: events.len(), expected: truth.len(), ..Report::default() };
+        let mut deadline = Instant::now() + opts.wait;
+        let mut last_new = Instant::now();
+        loop {
+            let complete = seen.len() >= expected.len();
+            if Instant::now() > deadline || (complete && last_new.elapsed() > Duration::from_secs(2)) {
+                break;
+            }
+            let Some(m) = self.consumer.poll(Duration::from_millis(100)) else { continue };
+            let m = m.context("reading the output")?;
+            let arrived_ms = now_ms();
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            let key =
+                (v["room_id"].as_str().unwrap_or("").to_string(), v["message_id"].as_str().unwrap_or("").to_string());
+            report.received += 1;
+            let ts = m.timestamp().to_millis().unwrap_or(arrived_ms);
+            report.first_receipt_ms = if report.received == 1 { ts } else { report.first_receipt_ms.min(ts) };
+            report.last_receipt_ms = report.last_receipt_ms.max(ts);
+            if seen.contains_key(&key) {
+                report.duplicates += 1;
+                continue;
+            }
+            last_new = Instant::now();
+            if seen.len() + 1 == expected.len() {
+                // Everything is in: a little longer for duplicates, then stop.
+                deadline = deadline.min(Instant::now() + Duration::from_secs(3));
+            }
+            seen.insert(
+                key,
+                Seen {
+                    seq: v["seq"].as_u64().unwrap_or(0),
+                    required: v["required_readers"].as_u64().unwrap_or(u64::MAX),
+                    arrived_ms,
+                },
+            );
+        }
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("valid bounds");
+        for (key, r) in &expected {
+            match seen.get(key) {
+                None => report.missing += 1,
+                Some(s) => {
+                    if s.seq != r.seq || s.required != r.required_readers as u64 {
+                        if report.wrong < 5 {
+                            eprintln!(
+                                "check: {key:?} came with seq {} and {} required readers; the model says {} and {}",
+                                s.seq, s.required, r.seq, r.required_readers
+                            );
+                        }
+                        report.wrong += 1;
+                    }
+                    // From when the completing event was due, not when it happened to be sent:
+                    // an open-loop measure, free of coordinated omission.
+                    let due = epoch + (r.completed_at as f64 / opts.speed) as i64;
+                    let _ = latency.record((s.arrived_ms - due).max(1) as u64);
+                }
+            }
+        }
+        report.unexpected = seen.keys().filter(|k| !expected.contains_key(*k)).count();
+        let mut missing: Vec<_> = expected.keys().filter(|k| !seen.contains_key(*k)).collect();
+        missing.sort();
+        if !missing.is_empty() {
+            eprintln!("check: missing, e.g. {:?}", &missing[..missing.len().min(5)]);
+        }
+        eprintln!(
+            "check: {} expected, {} received, {} missing, {} unexpected, {} wrong, {} duplicates",
+            report.expected, report.received, report.missing, report.unexpected, report.wrong, report.duplicates
+        );
+        if opts.live && !latency.is_empty() {
+            eprintln!(
+                "check: read -> receipt latency (ms, from when the completing event was due): p50 {} p99 {} p99.9 {} max {}",
+                latency.value_at_quantile(0.5),
+                latency.value_at_quantile(0.99),
+                latency.value_at_quantile(0.999),
+                latency.max()
+            );
+            println!(
+                "RESULT latency_p50_ms={} latency_p99_ms={} latency_p999_ms={}",
+                latency.value_at_quantile(0.5),
+                latency.value_at_quantile(0.99),
+                latency.value_at_quantile(0.999)
+            );
+        }
+        println!(
+            "RESULT events={} expected={} received={} missing={} unexpected={} wrong={} duplicates={} first_receipt_ms={} last_receipt_ms={}",
+            report.events,
+            report.expected,
+            report.received,
+            report.missing,
+            report.unexpected,
+            report.wrong,
+            report.duplicates,
+            report.first_receipt_ms,
+            report.last_receipt_ms
+        );
+        Ok(report)
+    }
+}
+
+/// The limit allread is measured against: a plain consume -> produce of the chat's topics to
+/// `sink`, with the same client settings as allread's, until `expect` records went through.
+pub fn passthrough(
+    bootstrap: &str,
+    room_pattern: &str,
+    read_topic: &str,
+    sink: &str,
+    expect: u64,
+) -> anyhow::Result<()> {
+    ensure_topics(
+        &client(bootstrap),
+        &[TopicSpec { name: sink.into(), partitions: 8, replication: 1, exact_partitions: false, config: vec![] }],
+    )?;
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", format!("allread-passthrough-{}", now_ms()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?;
+    consumer.subscribe(&[room_pattern, read_topic])?;
+    let producer: ThreadedProducer<DefaultProducerContext> = client(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()?;
+    let mut n = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut last_commit = Instant::now();
+    while n < expect {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = m?;
+        first.get_or_insert_with(Instant::now);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(sink).payload(m.payload().unwrap_or_default());
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        n += 1;
+        if last_commit.elapsed() > Duration::from_millis(100) {
+            producer.flush(Duration::from_secs(60))?;
+            consumer.commit_consumer_state(CommitMode::Async)?;
+            last_commit = Instant::now();
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    eprintln!("passthrough: {n} records in {secs:.2} s ({:.0}/s)", n as f64 / secs);
+    println!("RESULT records={n} seconds={secs:.3}");
+    Ok(())
+}
