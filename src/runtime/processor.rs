@@ -175,7 +175,7 @@ pub struct Processor {
     /// Input records waiting to be routed in timestamp order.
     inputs: InputBuffer,
     /// Input partitions: the next offset to commit, for records routed since the last commit.
-    routed: HashMap<(String, i32), i64>,
+    routed: HashMap<String, HashMap<i32, i64>>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
     kafka_committed: HashMap<i32, i64>,
     pub(crate) metrics: Arc<Metrics>,
@@ -350,7 +350,15 @@ impl Processor {
             }
             Err(e) => self.dead_letter(m, &e)?,
         }
-        self.routed.insert((topic.to_string(), m.partition()), m.offset() + 1);
+        // Looked up by &str: no allocation per record once the topic is known.
+        match self.routed.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(m.partition(), m.offset() + 1);
+            }
+            None => {
+                self.routed.insert(topic.to_string(), HashMap::from([(m.partition(), m.offset() + 1)]));
+            }
+        }
         Ok(())
     }
 
@@ -486,8 +494,10 @@ impl Processor {
             }
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.routed {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(RuntimeError::Produce)?;
+        for (topic, partitions) in &self.routed {
+            for (partition, offset) in partitions {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(RuntimeError::Produce)?;
+            }
         }
         let mut tasks_committed = Vec::new();
         for (partition, task) in self.tasks.iter().filter(|(_, t)| !t.restoring) {
@@ -731,7 +741,9 @@ impl Processor {
                     info!(task = partition, lost, "task revoked");
                 }
             } else {
-                self.routed.remove(&(elem.topic().to_string(), elem.partition()));
+                if let Some(partitions) = self.routed.get_mut(elem.topic()) {
+                    partitions.remove(&elem.partition());
+                }
                 self.inputs.revoke(elem.topic(), elem.partition());
             }
         }

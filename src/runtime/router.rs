@@ -23,6 +23,27 @@ struct Part {
     queue: VecDeque<OwnedMessage>,
     /// The offset after the last record polled (or the committed offset), if known.
     next: Option<i64>,
+    /// The last answer of `Backlog::has_more` for `next`, and when it was asked. Asking costs
+    /// a lookup in the client (linear in the number of topics), so answers are kept: "more to
+    /// fetch" holds until records are polled (the high watermark never goes back); "caught up"
+    /// is asked again after `RECHECK_CAUGHT_UP`, as a fetch response may have moved it.
+    more: Option<(bool, Instant)>,
+}
+
+/// How long a partition found caught up is taken to stay so before the client is asked again.
+pub const RECHECK_CAUGHT_UP: Duration = Duration::from_millis(20);
+
+impl Part {
+    fn has_more(&mut self, key: &Key, backlog: &dyn Backlog, now: Instant) -> Option<bool> {
+        match self.more {
+            Some((true, _)) => return Some(true),
+            Some((false, at)) if now.duration_since(at) < RECHECK_CAUGHT_UP => return Some(false),
+            _ => {}
+        }
+        let answer = backlog.has_more(&key.0, key.1, self.next);
+        self.more = answer.map(|more| (more, now));
+        answer
+    }
 }
 
 #[derive(Default)]
@@ -49,7 +70,7 @@ fn timestamp(m: &OwnedMessage) -> i64 {
 
 impl InputBuffer {
     pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
-        self.parts.insert((topic.to_string(), partition), Part { queue: VecDeque::new(), next });
+        self.parts.insert((topic.to_string(), partition), Part { queue: VecDeque::new(), next, more: None });
     }
 
     pub fn revoke(&mut self, topic: &str, partition: i32) {
@@ -62,6 +83,7 @@ impl InputBuffer {
         for (key, part) in self.parts.iter_mut() {
             part.queue.clear();
             part.next = positions.get(key).copied();
+            part.more = None;
         }
         self.waiting_since = None;
     }
@@ -69,6 +91,7 @@ impl InputBuffer {
     pub fn push(&mut self, m: OwnedMessage) {
         let part = self.parts.entry((m.topic().to_string(), m.partition())).or_default();
         part.next = Some(m.offset() + 1);
+        part.more = None;
         part.queue.push_back(m);
     }
 
@@ -82,9 +105,10 @@ impl InputBuffer {
     pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<OwnedMessage>, bool) {
         // The longest any empty partition asks us to wait: max_idle for a known backlog, more
         // for one not fetched at all yet.
+        let now = Instant::now();
         let mut patience = None;
-        for (key, part) in self.parts.iter().filter(|(_, p)| p.queue.is_empty()) {
-            match backlog.has_more(&key.0, key.1, part.next) {
+        for (key, part) in self.parts.iter_mut().filter(|(_, p)| p.queue.is_empty()) {
+            match part.has_more(key, backlog, now) {
                 Some(false) => {}
                 Some(true) => patience = patience.max(Some(max_idle)),
                 None => patience = Some(FIRST_FETCH_PATIENCE.max(max_idle)),
@@ -108,14 +132,12 @@ impl InputBuffer {
         while let Some(Reverse((_, key))) = heads.pop() {
             let part = self.parts.get_mut(&key).expect("heads are of known partitions");
             out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
-            match part.queue.front() {
-                Some(next) => heads.push(Reverse((timestamp(next), key))),
-                None if !enforced && backlog.has_more(&key.0, key.1, part.next) != Some(false) => {
-                    // It may deliver something earlier than the other heads: wait for it.
-                    self.waiting_since = Some(Instant::now());
-                    break;
-                }
-                None => {}
+            if let Some(next) = part.queue.front() {
+                heads.push(Reverse((timestamp(next), key)));
+            } else if !enforced && part.has_more(&key, backlog, now) != Some(false) {
+                // It may deliver something earlier than the other heads: wait for it.
+                self.waiting_since = Some(Instant::now());
+                break;
             }
         }
         (out, enforced)
@@ -194,5 +216,37 @@ mod tests {
         b.revoke("reads", 1);
         b.revoke("quiet-room", 0);
         assert!(b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1)).0.is_empty());
+    }
+    /// Counts the questions asked of the client.
+    struct Counting(std::cell::Cell<u32>, bool);
+    impl Backlog for Counting {
+        fn has_more(&self, _: &str, _: i32, _: Option<i64>) -> Option<bool> {
+            self.0.set(self.0.get() + 1);
+            Some(self.1)
+        }
+    }
+
+    #[test]
+    fn the_client_is_asked_about_a_partition_only_when_its_answer_may_have_changed() {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        let lagging = Counting(Default::default(), true);
+        for _ in 0..5 {
+            assert!(b.drain_ready(&lagging, Duration::from_secs(10)).0.is_empty());
+        }
+        assert_eq!(lagging.0.get(), 1, "more to fetch stays so until records are polled");
+        b.push(record("room", 0, 0, 1));
+        assert_eq!(b.drain_ready(&lagging, Duration::from_secs(10)).0.len(), 1);
+        assert_eq!(lagging.0.get(), 2, "polled records: asked again");
+
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        let caught_up = Counting(Default::default(), false);
+        b.drain_ready(&caught_up, Duration::from_secs(10));
+        b.drain_ready(&caught_up, Duration::from_secs(10));
+        assert_eq!(caught_up.0.get(), 1, "caught up is kept for a while");
+        std::thread::sleep(RECHECK_CAUGHT_UP + Duration::from_millis(5));
+        b.drain_ready(&caught_up, Duration::from_secs(10));
+        assert_eq!(caught_up.0.get(), 2, "then asked again");
     }
 }
