@@ -161,6 +161,17 @@ struct SimArgs {
     /// Receipts emitted twice count as failures.
     #[arg(long)]
     exactly_once: bool,
+    /// Seconds between creating the chat's topics and writing its first event (start a
+    /// processor meanwhile, so that it subscribes before the chat begins).
+    #[arg(long, default_value_t = 0)]
+    start_after: u64,
+    /// Run every user as a chat client (needs --live; not with --check-only): one producer
+    /// writes the room topics (messages, joins, leaves) open loop, and each user has its own
+    /// consumer (group <room-prefix>user_<id>) on its rooms' topics and sends its reads once it
+    /// has received the messages, after its reading delay. At most 2000 users (one Kafka
+    /// consumer each).
+    #[arg(long, requires = "live", conflicts_with = "check_only")]
+    clients: bool,
 }
 
 impl SimArgs {
@@ -191,6 +202,8 @@ impl SimArgs {
             check: !self.produce_only,
             wait: std::time::Duration::from_secs(self.wait),
             exactly_once: self.exactly_once,
+            start_after: std::time::Duration::from_secs(self.start_after),
+            clients: self.clients,
         }
     }
 }

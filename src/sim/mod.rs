@@ -4,8 +4,11 @@
 //! them as chat clients do); [`model`] is an independent implementation of the spec that
 //! gives the receipts the chat must produce; [`run`] writes the chat to Kafka (as fast as
 //! possible, or open-loop at its own pace) and checks the `receipt_complete` records a
-//! processor emitted for it, with read -> receipt latency percentiles.
+//! processor emitted for it, with read -> receipt latency percentiles; with `--clients`,
+//! [`clients`] runs every user as a chat client (its own consumer group, reads sent when it
+//! has received the messages).
 
+pub mod clients;
 pub mod model;
 pub mod run;
 pub mod workload;

@@ -3,6 +3,8 @@
 //! client's own limit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -38,6 +40,12 @@ pub struct Options {
     pub wait: Duration,
     /// Receipts seen twice are a failure (the processor runs exactly_once).
     pub exactly_once: bool,
+    /// Wait this long between creating the topics and writing the first event (so that a
+    /// processor started meanwhile subscribes to the rooms before the chat begins).
+    pub start_after: Duration,
+    /// Every user is a chat client with its own consumer group, sending its reads when it
+    /// has received the messages (needs `live`): see [`super::clients`].
+    pub clients: bool,
 }
 
 /// What a check found.
@@ -71,7 +79,7 @@ fn client(bootstrap: &str) -> ClientConfig {
 }
 
 /// The chat's JSON, as its clients would write it.
-fn encode(e: &SimEvent, epoch: i64) -> Vec<u8> {
+pub(super) fn encode(e: &SimEvent, epoch: i64) -> Vec<u8> {
     let v = match &e.event {
         Event::Message { message_id, sender_id, sent_at, .. } => json!({
             "type": "message", "message_id": &**message_id, "sender_id": &**sender_id,
@@ -105,13 +113,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         truth.len(),
         started.elapsed().as_secs_f64()
     );
-    // Chat time 0 in wall-clock milliseconds. Recent even when the chat is written as fast as
-    // possible: a processor expires messages by their age, as the spec says it should.
-    let epoch = now_ms() + if opts.live { 1_000 } else { 0 };
-    let checker = if opts.check { Some(Checker::start(opts)?) } else { None };
-    if opts.produce {
-        produce(opts, &events, epoch)?;
-    }
+    let checker = if opts.check { Some(Checker::start(opts, truth.len())?) } else { None };
+    // Chat time 0 in wall-clock milliseconds: when the first event is written. Recent even when
+    // the chat is written as fast as possible: a processor expires messages by their age, as
+    // the spec says it should.
+    let epoch = match (opts.clients, opts.produce) {
+        (true, _) => super::clients::produce(opts, &events)?,
+        (false, true) => produce(opts, &events)?,
+        (false, false) => now_ms(),
+    };
     let Some(checker) = checker else {
         println!("RESULT events={} expected={}", events.len(), truth.len());
         return Ok(Report { events: events.len(), expected: truth.len(), ..Report::default() });
@@ -123,7 +133,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn produce(opts: &Options, events: &[SimEvent], epoch: i64) -> anyhow::Result<()> {
+/// Creates the chat's topics, waits `start_after`, then writes the chat; returns its epoch
+/// (chat time 0 in wall-clock milliseconds: the moment the first event was due).
+fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
     let mut specs: Vec<TopicSpec> = (0..opts.shape.rooms as u32)
         .map(|r| TopicSpec {
             name: format!("{}room{r}", opts.room_prefix),
@@ -152,6 +164,11 @@ fn produce(opts: &Options, events: &[SimEvent], epoch: i64) -> anyhow::Result<()
         .create()
         .context("creating the producer")?;
     let room_topics: Vec<String> = (0..opts.shape.rooms).map(|r| format!("{}room{r}", opts.room_prefix)).collect();
+    if !opts.start_after.is_zero() {
+        eprintln!("sim: topics are there; writing the chat in {:?}", opts.start_after);
+        std::thread::sleep(opts.start_after);
+    }
+    let epoch = now_ms();
     let start = Instant::now();
     let mut behind = 0u64;
     for e in events {
@@ -192,12 +209,20 @@ fn produce(opts: &Options, events: &[SimEvent], epoch: i64) -> anyhow::Result<()
         events.len() as f64 / secs,
         if opts.live { format!("; {behind} sent late") } else { String::new() }
     );
-    Ok(())
+    Ok(epoch)
 }
 
-/// Reads `receipt_complete` (`read_committed`) from the beginning while the chat is produced.
+/// The output topic does not exist (yet): the error a subscription to it reports.
+fn output_not_there_yet(e: &KafkaError) -> bool {
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic))
+}
+
+/// Reads `receipt_complete` (`read_committed`) from the beginning, on its own thread, while
+/// the chat is produced: each receipt's arrival time is when it could first be read, not when
+/// the producing side got round to looking.
 struct Checker {
-    consumer: BaseConsumer,
+    produced: Arc<AtomicBool>,
+    poller: std::thread::JoinHandle<anyhow::Result<Polled>>,
 }
 
 /// One receipt as read from the output.
@@ -207,17 +232,38 @@ struct Seen {
     arrived_ms: i64,
 }
 
+/// What the checker's thread read.
+#[derive(Default)]
+struct Polled {
+    seen: HashMap<(String, String), Seen>,
+    received: usize,
+    duplicates: usize,
+    first_receipt_ms: i64,
+    last_receipt_ms: i64,
+}
+
 impl Checker {
-    fn start(opts: &Options) -> anyhow::Result<Checker> {
+    fn start(opts: &Options, expected: usize) -> anyhow::Result<Checker> {
         let consumer: BaseConsumer = client(&opts.bootstrap)
             .set("group.id", format!("allread-sim-check-{}", now_ms()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            // Sees the output topic soon after the processor creates it.
+            .set("topic.metadata.refresh.interval.ms", "1000")
             .create()
             .context("creating the checker's consumer")?;
         consumer.subscribe(&[&opts.output]).context("subscribing to the output")?;
-        Ok(Checker { consumer })
+        let produced = Arc::new(AtomicBool::new(false));
+        let wait = opts.wait;
+        let poller = {
+            let produced = produced.clone();
+            std::thread::Builder::new()
+                .name("checker".into())
+                .spawn(move || poll_receipts(&consumer, expected, &produced, wait))
+                .context("starting the checker's thread")?
+        };
+        Ok(Checker { produced, poller })
     }
 
     fn finish(
@@ -227,45 +273,20 @@ impl Checker {
         truth: &[crate::receipts::ReceiptComplete],
         epoch: i64,
     ) -> anyhow::Result<Report> {
+        self.produced.store(true, Ordering::Relaxed);
+        let polled = self.poller.join().map_err(|_| anyhow::anyhow!("the checker's thread panicked"))??;
         let expected: HashMap<(String, String), &crate::receipts::ReceiptComplete> =
             truth.iter().map(|r| ((r.room_id.to_string(), r.message_id.to_string()), r)).collect();
-        let mut seen: HashMap<(String, String), Seen> = HashMap::new();
-        let mut report = Report { events: events.len(), expected: truth.len(), ..Report::default() };
-        let mut deadline = Instant::now() + opts.wait;
-        let mut last_new = Instant::now();
-        loop {
-            let complete = seen.len() >= expected.len();
-            if Instant::now() > deadline || (complete && last_new.elapsed() > Duration::from_secs(2)) {
-                break;
-            }
-            let Some(m) = self.consumer.poll(Duration::from_millis(100)) else { continue };
-            let m = m.context("reading the output")?;
-            let arrived_ms = now_ms();
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-            let key =
-                (v["room_id"].as_str().unwrap_or("").to_string(), v["message_id"].as_str().unwrap_or("").to_string());
-            report.received += 1;
-            let ts = m.timestamp().to_millis().unwrap_or(arrived_ms);
-            report.first_receipt_ms = if report.received == 1 { ts } else { report.first_receipt_ms.min(ts) };
-            report.last_receipt_ms = report.last_receipt_ms.max(ts);
-            if seen.contains_key(&key) {
-                report.duplicates += 1;
-                continue;
-            }
-            last_new = Instant::now();
-            if seen.len() + 1 == expected.len() {
-                // Everything is in: a little longer for duplicates, then stop.
-                deadline = deadline.min(Instant::now() + Duration::from_secs(3));
-            }
-            seen.insert(
-                key,
-                Seen {
-                    seq: v["seq"].as_u64().unwrap_or(0),
-                    required: v["required_readers"].as_u64().unwrap_or(u64::MAX),
-                    arrived_ms,
-                },
-            );
-        }
+        let seen = polled.seen;
+        let mut report = Report {
+            events: events.len(),
+            expected: truth.len(),
+            received: polled.received,
+            duplicates: polled.duplicates,
+            first_receipt_ms: polled.first_receipt_ms,
+            last_receipt_ms: polled.last_receipt_ms,
+            ..Report::default()
+        };
         let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("valid bounds");
         for (key, r) in &expected {
             match seen.get(key) {
@@ -325,6 +346,68 @@ impl Checker {
             report.last_receipt_ms
         );
         Ok(report)
+    }
+}
+
+/// The checker's thread: reads receipts until every expected one arrived and two quiet seconds
+/// passed (three more for late duplicates), or until `wait` after the chat was produced.
+fn poll_receipts(
+    consumer: &BaseConsumer,
+    expected: usize,
+    produced: &AtomicBool,
+    wait: Duration,
+) -> anyhow::Result<Polled> {
+    let mut polled = Polled::default();
+    let mut deadline: Option<Instant> = None;
+    let mut last_new = Instant::now();
+    loop {
+        let produced = produced.load(Ordering::Relaxed);
+        if produced && deadline.is_none() {
+            deadline = Some(Instant::now() + wait);
+        }
+        let complete = polled.seen.len() >= expected;
+        if deadline.is_some_and(|d| Instant::now() > d)
+            || (produced && complete && last_new.elapsed() > Duration::from_secs(2))
+        {
+            return Ok(polled);
+        }
+        let m = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Ok(m)) => m,
+            // The output topic appears only once the processor has created it (Kafka
+            // Streams creates its sink topic late): until then the subscription reports it
+            // unknown, which is not a failure of the processor.
+            Some(Err(e)) if output_not_there_yet(&e) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Some(Err(e)) => return Err(e).context("reading the output"),
+        };
+        let arrived_ms = now_ms();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        let key = (v["room_id"].as_str().unwrap_or("").to_string(), v["message_id"].as_str().unwrap_or("").to_string());
+        polled.received += 1;
+        let ts = m.timestamp().to_millis().unwrap_or(arrived_ms);
+        polled.first_receipt_ms = if polled.received == 1 { ts } else { polled.first_receipt_ms.min(ts) };
+        polled.last_receipt_ms = polled.last_receipt_ms.max(ts);
+        if polled.seen.contains_key(&key) {
+            polled.duplicates += 1;
+            continue;
+        }
+        last_new = Instant::now();
+        if polled.seen.len() + 1 == expected {
+            // Everything is in: a little longer for duplicates, then stop.
+            let soon = Instant::now() + Duration::from_secs(3);
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
+        polled.seen.insert(
+            key,
+            Seen {
+                seq: v["seq"].as_u64().unwrap_or(0),
+                required: v["required_readers"].as_u64().unwrap_or(u64::MAX),
+                arrived_ms,
+            },
+        );
     }
 }
 
