@@ -60,6 +60,7 @@ public final class Main {
             failed.set(true);
             return StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
         });
+        streams.setGlobalStateRestoreListener(new RestoreLog());
         streams.setStateListener((now, before) -> {
             log.info("state {} -> {}", before, now);
             if (now == KafkaStreams.State.ERROR) {
