@@ -525,7 +525,7 @@ impl Processor {
             self.producer.begin_transaction().map_err(|e| RuntimeError::Transaction { step: "begin", source: e })?;
         } else {
             // (2) Everything produced is acknowledged.
-            self.producer.flush(Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
+            crate::kafka::flush(&self.producer, Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
         }
         if let Some((n, first)) = self.producer.context().take_failures() {
             return Err(RuntimeError::Delivery { failed: n, first });
@@ -559,6 +559,9 @@ impl Processor {
     fn commit_transaction(&mut self) -> Result<(), RuntimeError> {
         let mut attempt = 0;
         loop {
+            // rdkafka's commit_transaction first flushes in whole 100 ms slices (see
+            // kafka::flush); flushed here, that finds nothing in flight and returns at once.
+            crate::kafka::flush(&self.producer, TXN_TIMEOUT).map_err(RuntimeError::Produce)?;
             match self.producer.commit_transaction(TXN_TIMEOUT) {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
@@ -599,7 +602,7 @@ impl Processor {
                 }
             }
         } else {
-            let _ = self.producer.flush(Duration::from_secs(30));
+            let _ = crate::kafka::flush(&self.producer, Duration::from_secs(30));
         }
         let _ = self.producer.context().take_failures();
         let _ = self.producer.context().take_changelog_next();
@@ -937,7 +940,7 @@ impl Processor {
 
     /// At shutdown, after the final commit: wait for what is still in flight.
     pub fn flush_producer(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = crate::kafka::flush(&self.producer, timeout) {
             warn!(error = %e, "flushing the producer at shutdown");
         }
     }

@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use serde_json::json;
 
 use super::workload::{generate, ground_truth, Shape, SimEvent, Target};
@@ -201,7 +201,7 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
             }
         }
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the chat")?;
+    crate::kafka::flush(&producer, Duration::from_secs(120)).context("flushing the chat")?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "sim: produced {} events in {secs:.1} s ({:.0}/s){}",
@@ -461,12 +461,12 @@ pub fn passthrough(
         }
         n += 1;
         if last_commit.elapsed() > Duration::from_millis(100) {
-            producer.flush(Duration::from_secs(60))?;
+            crate::kafka::flush(&producer, Duration::from_secs(60))?;
             consumer.commit_consumer_state(CommitMode::Async)?;
             last_commit = Instant::now();
         }
     }
-    producer.flush(Duration::from_secs(60))?;
+    crate::kafka::flush(&producer, Duration::from_secs(60))?;
     let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
     eprintln!("passthrough: {n} records in {secs:.2} s ({:.0}/s)", n as f64 / secs);
     println!("RESULT records={n} seconds={secs:.3}");
