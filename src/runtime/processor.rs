@@ -931,8 +931,11 @@ impl Processor {
     /// called every few seconds).
     pub fn update_lag(&self, consumer: &Consumer_) {
         for (partition, task) in &self.tasks {
-            let watermarks = consumer.fetch_watermarks(&self.repartition, *partition, Duration::from_secs(1));
-            if let (Ok((_, high)), Some(position)) = (watermarks, task.position()) {
+            // The client's cached high watermark (every fetch response updates it): asking the
+            // broker here would stall the processing loop for a round trip per task.
+            if let (Some((_, high)), Some(position)) =
+                (cached_watermarks(consumer, &self.repartition, *partition), task.position())
+            {
                 self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set((high - position).max(0));
             }
         }
@@ -951,22 +954,29 @@ struct CachedWatermarks<'a>(&'a Consumer_);
 
 impl Backlog for CachedWatermarks<'_> {
     fn has_more(&self, topic: &str, partition: i32, next: Option<i64>) -> Option<bool> {
-        let Ok(topic) = std::ffi::CString::new(topic) else { return Some(false) };
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client pointer is valid while the consumer lives; librdkafka only
-        // reads the topic name and writes the two offsets.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.0.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
-            return None;
-        }
+        let (low, high) = cached_watermarks(self.0, topic, partition)?;
         Some(high > next.unwrap_or(low.max(0)))
     }
+}
+
+/// The low and high watermarks the client has cached for a partition (no request); `None`
+/// before anything was fetched from it.
+fn cached_watermarks(consumer: &Consumer_, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    let Ok(topic) = std::ffi::CString::new(topic) else { return None };
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while the consumer lives; librdkafka only
+    // reads the topic name and writes the two offsets.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+        return None;
+    }
+    Some((low, high))
 }
