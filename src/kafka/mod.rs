@@ -9,10 +9,34 @@ pub mod partitioner;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::Config;
+
+/// Sends `record`; while the producer's queue is full, waits for its thread to drain it
+/// rather than dropping the record.
+pub fn send<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> KafkaResult<()>
+where
+    C: ProducerContext + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
 
 /// Waits until every record `producer` has accepted is acknowledged (or failed), at most
 /// `timeout`. rdkafka's own `Producer::flush` (0.39) alternates a non-blocking

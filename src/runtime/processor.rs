@@ -199,20 +199,6 @@ pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
-fn send(producer: &Producer_, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                // The producer's thread drains the queue; wait for room rather than drop.
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
 impl Processor {
     pub fn new(
         cfg: Arc<Config>,
@@ -271,7 +257,7 @@ impl Processor {
     }
 
     fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RuntimeError> {
-        send(&self.producer, record)?;
+        crate::kafka::send(&self.producer, record)?;
         self.sent += 1;
         Ok(())
     }

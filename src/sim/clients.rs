@@ -36,22 +36,17 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use super::run::{encode, Options};
+use super::run::{client, encode, now_ms, Options};
 use super::workload::{SimEvent, Target};
-use crate::kafka::admin::{ensure_topics, TopicSpec};
 use crate::receipts::{Event, Id};
 
 /// The most users `--clients` simulates: each is a Kafka consumer, with its librdkafka threads
@@ -67,16 +62,6 @@ const SWEEP: Duration = Duration::from_millis(100);
 const JOIN_LIMIT: Duration = Duration::from_secs(120);
 /// How long a leave may wait for its user's reads.
 const HOLD_LIMIT: Duration = Duration::from_secs(60);
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-fn client(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap);
-    c
-}
 
 /// The soft limit on open files (Linux), if known.
 fn open_files_limit() -> Option<u64> {
@@ -484,20 +469,11 @@ impl Driver {
             event: Event::Read { room_id: room_id.clone(), user_id, message_id, read_at: chat_ms as i64, scope },
         };
         let value = encode(&read, clock.epoch);
-        let mut record = BaseRecord::with_opaque_to(&self.read_topic, d.slot)
+        let record = BaseRecord::with_opaque_to(&self.read_topic, d.slot)
             .key(room_id.as_bytes())
             .payload(&value[..])
             .timestamp(clock.epoch + chat_ms as i64);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e).context("producing a read"),
-            }
-        }
+        crate::kafka::send(&self.producer, record).context("producing a read")?;
         self.stats.reads_sent += 1;
         Ok(())
     }
@@ -584,25 +560,7 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
     if let Some(limit) = open_files_limit().filter(|&l| l < files) {
         eprintln!("sim: warning: {users} clients need about {files} open files, the limit is {limit} (ulimit -n)");
     }
-    let room_topics: Vec<String> = (0..opts.shape.rooms).map(|r| format!("{}room{r}", opts.room_prefix)).collect();
-    let mut specs: Vec<TopicSpec> = room_topics
-        .iter()
-        .map(|name| TopicSpec {
-            name: name.clone(),
-            partitions: 1,
-            replication: 1,
-            exact_partitions: false,
-            config: vec![],
-        })
-        .collect();
-    specs.push(TopicSpec {
-        name: opts.read_topic.clone(),
-        partitions: opts.read_partitions,
-        replication: 1,
-        exact_partitions: false,
-        config: vec![],
-    });
-    ensure_topics(&client(&opts.bootstrap), &specs).context("creating the chat's topics")?;
+    let room_topics = super::run::create_chat_topics(opts)?;
     let started = Instant::now();
 
     let shared = Arc::new(Shared {
@@ -625,14 +583,7 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
             .create_with_context(Reads(shared.clone()))
             .context("creating the clients' read producer")?,
     );
-    let rooms: ThreadedProducer<DefaultProducerContext> = client(&opts.bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .context("creating the producer")?;
+    let rooms = super::run::chat_producer(&opts.bootstrap)?;
 
     let topics: Arc<HashMap<String, u32>> =
         Arc::new(room_topics.iter().enumerate().map(|(r, t)| (t.clone(), r as u32)).collect());
@@ -738,26 +689,17 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
         // the reads it waited for), never before its planned time.
         let stamp = clock.epoch + (e.at as f64).max(clock.chat_ms()) as i64;
         let value = encode(e, clock.epoch);
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&room_topics[r as usize])
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&room_topics[r as usize])
             .key(e.event.room_id().as_bytes())
             .payload(&value[..])
             .timestamp(stamp);
-        loop {
-            match rooms.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e).context("producing the chat"),
-            }
-        }
+        crate::kafka::send(&rooms, record).context("producing the chat")?;
         room_events += 1;
         if let Some(&u) = script.close_at.get(&i) {
             shared.gone[u].store(true, Ordering::Release);
         }
     }
-    rooms.flush(Duration::from_secs(120)).context("flushing the chat")?;
+    crate::kafka::flush(&rooms, Duration::from_secs(120)).context("flushing the chat")?;
     let produced_in = clock.start.elapsed().as_secs_f64();
     eprintln!(
         "sim: produced {room_events} room events in {produced_in:.1} s ({:.0}/s); {behind} sent late (by more than 1 ms)",
@@ -777,7 +719,7 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
     if stats.len() < threads {
         bail!("a client thread panicked");
     }
-    reads.flush(Duration::from_secs(60)).context("flushing the reads")?;
+    crate::kafka::flush(&reads, Duration::from_secs(60)).context("flushing the reads")?;
     shared.check()?;
     let failed = shared.failed.load(Ordering::Relaxed);
     if failed > 0 {

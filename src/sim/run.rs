@@ -70,11 +70,11 @@ impl Report {
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn client(bootstrap: &str) -> ClientConfig {
+pub(super) fn client(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     c
@@ -135,12 +135,14 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Creates the chat's topics, waits `start_after`, then writes the chat; returns its epoch
-/// (chat time 0 in wall-clock milliseconds: the moment the first event was due).
-fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
-    let mut specs: Vec<TopicSpec> = (0..opts.shape.rooms as u32)
-        .map(|r| TopicSpec {
-            name: format!("{}room{r}", opts.room_prefix),
+/// Creates the chat's topics (one per room, and the read topic) if missing; returns the
+/// room topics' names by room number.
+pub(super) fn create_chat_topics(opts: &Options) -> anyhow::Result<Vec<String>> {
+    let room_topics: Vec<String> = (0..opts.shape.rooms).map(|r| format!("{}room{r}", opts.room_prefix)).collect();
+    let mut specs: Vec<TopicSpec> = room_topics
+        .iter()
+        .map(|name| TopicSpec {
+            name: name.clone(),
             partitions: 1,
             replication: 1,
             exact_partitions: false,
@@ -155,17 +157,28 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
         config: vec![],
     });
     ensure_topics(&client(&opts.bootstrap), &specs).context("creating the chat's topics")?;
-    // Idempotent: a retried batch (common right after the topics were created) must not land
-    // behind later ones, or a room's log would not be the chat's order.
-    let producer: ThreadedProducer<DefaultProducerContext> = client(&opts.bootstrap)
+    Ok(room_topics)
+}
+
+/// The producer of the chat's room events. Idempotent: a retried batch (common right after
+/// the topics were created) must not land behind later ones, or a room's log would not be the
+/// chat's order.
+pub(super) fn chat_producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    client(bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
         .create()
-        .context("creating the producer")?;
-    let room_topics: Vec<String> = (0..opts.shape.rooms).map(|r| format!("{}room{r}", opts.room_prefix)).collect();
+        .context("creating the producer")
+}
+
+/// Creates the chat's topics, waits `start_after`, then writes the chat; returns its epoch
+/// (chat time 0 in wall-clock milliseconds: the moment the first event was due).
+fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
+    let room_topics = create_chat_topics(opts)?;
+    let producer = chat_producer(&opts.bootstrap)?;
     if !opts.start_after.is_zero() {
         eprintln!("sim: topics are there; writing the chat in {:?}", opts.start_after);
         std::thread::sleep(opts.start_after);
@@ -190,18 +203,9 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
         };
         // Stamped with the chat's time: a processor that orders by record timestamp sees the
         // chat's order even when it is written much faster than it happened.
-        let mut record: BaseRecord<'_, [u8], [u8]> =
+        let record: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(topic).key(room.as_bytes()).payload(&value[..]).timestamp(epoch + e.at as i64);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e).context("producing the chat"),
-            }
-        }
+        crate::kafka::send(&producer, record).context("producing the chat")?;
     }
     crate::kafka::flush(&producer, Duration::from_secs(120)).context("flushing the chat")?;
     let secs = start.elapsed().as_secs_f64();
@@ -452,16 +456,7 @@ pub fn passthrough(
         if let Some(k) = m.key() {
             record = record.key(k);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        crate::kafka::send(&producer, record)?;
         n += 1;
         if last_commit.elapsed() > Duration::from_millis(100) {
             crate::kafka::flush(&producer, Duration::from_secs(60))?;
