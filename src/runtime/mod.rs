@@ -14,6 +14,7 @@
 //! Kafka-facing runs on one dedicated thread, not on an async runtime: librdkafka's calls
 //! block, and a consumer must not be dropped on a tokio worker.
 
+pub mod changelog_reader;
 mod context;
 mod processor;
 mod router;

@@ -27,13 +27,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, info_span, warn};
 
+use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
 use super::router::{Backlog, InputBuffer};
 use super::task::{ChangelogRecord, Task, TaskError};
@@ -133,18 +134,6 @@ fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Produ
 
 /// The restore consumer's context: reaching a partition's end is how a restore finishes, not
 /// an error worth logging.
-pub struct RestoreContext;
-
-impl ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
-            error!(error = %error, reason, "changelog consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for RestoreContext {}
-
 /// A task catching up from its changelog partition.
 struct Restore {
     started: Instant,
@@ -170,7 +159,7 @@ pub struct Processor {
     pub(crate) tasks: BTreeMap<i32, Task>,
     /// Reads changelogs into restoring tasks: assigned, never in a group, `read_committed`,
     /// partition EOF on.
-    restorer: BaseConsumer<RestoreContext>,
+    restorer: ChangelogReader,
     restores: BTreeMap<i32, Restore>,
     /// Input records waiting to be routed in timestamp order.
     inputs: InputBuffer,
@@ -207,19 +196,12 @@ impl Processor {
         metrics: Arc<Metrics>,
     ) -> Result<Self, RuntimeError> {
         let producer = create_producer(&cfg, transactional_id.as_deref())?;
-        let mut restorer = with_consumer_passthrough(base_client_config(&cfg), &cfg);
-        restorer
-            .remove("group.instance.id")
-            // librdkafka needs a group id to assign partitions; this one is never joined.
-            .set("group.id", format!("{}-restore", cfg.application_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            // A restore ends at the first empty fetch: do not let the broker hold it.
-            .set("fetch.wait.max.ms", "10");
-        let restorer: BaseConsumer<RestoreContext> =
-            restorer.create_with_context(RestoreContext).map_err(RuntimeError::Client)?;
+        let restorer = ChangelogReader::new(
+            with_consumer_passthrough(base_client_config(&cfg), &cfg),
+            &format!("{}-restore", cfg.application_id),
+            &cfg.changelog_topic(),
+        )
+        .map_err(RuntimeError::Client)?;
         Ok(Processor {
             limits: cfg.decode_limits(),
             repartition: cfg.repartition_topic(),
@@ -744,12 +726,8 @@ impl Processor {
     pub fn restore_step(&mut self, consumer: &Consumer_) -> Result<bool, RuntimeError> {
         let waiting: Vec<i32> =
             self.tasks.iter().filter(|(p, t)| t.restoring && !self.restores.contains_key(p)).map(|(p, _)| *p).collect();
-        let assigned = self.restores.len();
         for partition in waiting {
             self.start_restore(consumer, partition)?;
-        }
-        if self.restores.len() != assigned {
-            self.assign_restorer();
         }
         if self.restores.is_empty() {
             self.metrics.restoring_tasks.set(self.restoring() as i64);
@@ -765,7 +743,7 @@ impl Processor {
                 None => break,
                 Some(Ok(m)) => {
                     n += 1;
-                    if m.topic() == self.changelog && self.restores.contains_key(&m.partition()) {
+                    if m.topic() == self.restorer.topic() && self.restores.contains_key(&m.partition()) {
                         let entry = records.entry(m.partition()).or_default();
                         entry.push((m.offset(), m.key().unwrap_or(&[]).to_vec(), m.payload().map(<[u8]>::to_vec)));
                     }
@@ -806,7 +784,7 @@ impl Processor {
     }
 
     fn start_restore(&mut self, consumer: &Consumer_, partition: i32) -> Result<(), RuntimeError> {
-        let (low, high) = match self.restorer.fetch_watermarks(&self.changelog, partition, Duration::from_secs(5)) {
+        let (low, high) = match self.restorer.watermarks(partition, Duration::from_secs(5)) {
             Ok(w) => w,
             Err(e) => {
                 warn!(task = partition, error = %e, "reading the changelog's offsets (retrying)");
@@ -815,37 +793,35 @@ impl Processor {
         };
         let task = &self.tasks[&partition];
         let from = task.changelog_offset().unwrap_or(low).max(low);
+        let now = Instant::now();
+        let restore = Restore { started: now, end: high, position: from, restored: 0, last_report: now };
         if from >= high {
             if from > high {
                 warn!(task = partition, local = from, changelog_end = high, "local state is ahead of its changelog (was the changelog topic recreated?); keeping the local state");
             }
-            self.restores.insert(
-                partition,
-                Restore {
-                    started: Instant::now(),
-                    end: high,
-                    position: from,
-                    restored: 0,
-                    last_report: Instant::now(),
-                },
-            );
+            self.restores.insert(partition, restore);
             return self.finish_restore(consumer, partition);
+        }
+        match self.restorer.add(partition, from) {
+            Ok(true) => {}
+            // It left the restore consumer a moment ago; the next round tries again.
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                warn!(task = partition, error = %e, "assigning the changelog partition to the restore consumer (retrying)");
+                return Ok(());
+            }
         }
         info!(task = partition, from, to = high, "restoring the task from its changelog");
         self.metrics.restore_remaining.with_label_values(&[&partition.to_string()]).set(high - from);
-        self.restores.insert(
-            partition,
-            Restore { started: Instant::now(), end: high, position: from, restored: 0, last_report: Instant::now() },
-        );
+        self.restores.insert(partition, restore);
         Ok(())
     }
 
     /// The task has caught up: it re-reads its offsets and its partition resumes from there.
     fn finish_restore(&mut self, consumer: &Consumer_, partition: i32) -> Result<(), RuntimeError> {
-        let Some(r) = self.restores.remove(&partition) else {
+        let Some(r) = self.release_restore(partition) else {
             return Ok(());
         };
-        self.assign_restorer();
         let Some(task) = self.tasks.remove(&partition) else {
             return Ok(());
         };
@@ -872,27 +848,22 @@ impl Processor {
         Ok(())
     }
 
-    /// Points the changelog consumer at every restoring task's changelog partition, each from
-    /// what it has applied.
-    fn assign_restorer(&self) {
-        let mut tpl = TopicPartitionList::new();
-        for (partition, r) in &self.restores {
-            let _ = tpl.add_partition_offset(&self.changelog, *partition, Offset::Offset(r.position));
-        }
-        if let Err(e) = self.restorer.assign(&tpl) {
-            warn!(error = %e, "assigning changelog partitions to the restore consumer");
-        }
+    /// Ends a restore: its changelog partition leaves the restore consumer.
+    fn release_restore(&mut self, partition: i32) -> Option<Restore> {
+        let r = self.restores.remove(&partition)?;
+        self.restorer.remove(partition);
+        Some(r)
     }
 
     fn stop_restore(&mut self, partition: i32) {
-        if self.restores.remove(&partition).is_some() {
-            self.assign_restorer();
-        }
+        self.release_restore(partition);
     }
 
     fn stop_restores(&mut self) {
-        self.restores.clear();
-        self.assign_restorer();
+        let partitions: Vec<i32> = self.restores.keys().copied().collect();
+        for partition in partitions {
+            self.release_restore(partition);
+        }
     }
 
     /// Per-task gauges of the engines' caches.
