@@ -40,13 +40,24 @@ impl Drop for Stop {
     }
 }
 
+/// The bound on parked reads (rule 8) for both processors. The chat is written before either
+/// starts, so each reads it as a backlog as fast as it can. allread routes the backlog with one
+/// consumer in timestamp order, but Kafka Streams gives each input partition number its own
+/// source task, and a task holding only `read_events` partitions runs ahead of the one holding
+/// the room topics (a room topic has one partition): reads then arrive long before their
+/// messages, more than the default 16 per user and room get parked, and the oldest are dropped
+/// as rule 8 says. That is the peer doing what the spec says, on an input order the model does
+/// not see; this test compares semantics, so the bound is set out of reach for both.
+const PARKED_READS: &str = "100000";
+
 #[test]
 fn allread_and_the_kafka_streams_peer_give_the_model_s_receipts_for_the_same_chat() {
     let s = Setup::new("diff");
     let produced = sim(&s, &["--produce-only"]);
     assert!(produced.status.success(), "{}", text(&produced));
 
-    let allread = common::Allread::start(&s.config(""), &s.dir.path().join("allread.log"));
+    let engine = format!("\n[engine]\nmax_parked_reads_per_user = {PARKED_READS}\n");
+    let allread = common::Allread::start(&s.config(&engine), &s.dir.path().join("allread.log"));
     let peer_out = format!("{}-kstreams", s.output);
     let peer_log = std::fs::File::create(s.dir.path().join("kstreams.log")).unwrap();
     let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kstreams/run");
@@ -55,7 +66,7 @@ fn allread_and_the_kafka_streams_peer_give_the_model_s_receipts_for_the_same_cha
             .args(["--bootstrap", &s.bootstrap, "--application-id", &format!("{}-kstreams", s.app)])
             .args(["--guarantee", "exactly_once_v2", "--room-pattern", &format!("^{}.*", s.room_prefix)])
             .args(["--room-prefix", &s.room_prefix, "--read-topic", &s.read_topic, "--output", &peer_out])
-            .args(["--partitions", "4", "--state-dir"])
+            .args(["--partitions", "4", "--max-parked-reads-per-user", PARKED_READS, "--state-dir"])
             .arg(s.dir.path().join("kstreams-state"))
             .stdout(Stdio::null())
             .stderr(peer_log)
@@ -68,8 +79,10 @@ fn allread_and_the_kafka_streams_peer_give_the_model_s_receipts_for_the_same_cha
     assert!(text(&checked).contains("missing=0 unexpected=0 wrong=0 duplicates=0"), "{}", text(&checked));
 
     let checked = sim(&s, &["--check-only", "--exactly-once", "--wait", "120", "--output", &peer_out]);
-    let log = std::fs::read_to_string(s.dir.path().join("kstreams.log")).unwrap_or_default();
-    assert!(checked.status.success(), "Kafka Streams: {}\nlog: {log}", text(&checked));
-    assert!(text(&checked).contains("missing=0 unexpected=0 wrong=0 duplicates=0"), "{}", text(&checked));
+    // Stopped before its log is read, so that the log ends with the peer's outcome counts.
     drop(peer);
+    let log = std::fs::read_to_string(s.dir.path().join("kstreams.log")).unwrap_or_default();
+    let summary = log.lines().filter(|l| l.contains("summary:")).collect::<Vec<_>>().join("\n");
+    assert!(checked.status.success(), "Kafka Streams: {}\n{summary}\nlog: {log}", text(&checked));
+    assert!(text(&checked).contains("missing=0 unexpected=0 wrong=0 duplicates=0"), "{}\n{summary}", text(&checked));
 }
