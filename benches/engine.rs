@@ -67,8 +67,12 @@ struct Case {
 static CACHE_ENTRIES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn open(path: &Path) -> Engine<RocksStore> {
-    // A 64 MiB block cache: the state (hundreds of MB) is well beyond it.
-    let opts = allread::runtime::engine_rocks_options(64 << 20);
+    // 128 MiB for the block cache and memtables together: the state (hundreds of MB) is well
+    // beyond it.
+    let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb {
+        memory_bytes: 128 << 20,
+        write_buffer_bytes: 64 << 20,
+    });
     let store = RocksStore::open(path, &opts).expect("open RocksDB");
     let mut config = EngineConfig::default();
     if let Some(&n) = CACHE_ENTRIES.get() {

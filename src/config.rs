@@ -24,6 +24,7 @@ pub struct Config {
     pub processing: Processing,
     pub http: Http,
     pub engine: EngineConfig,
+    pub rocksdb: Rocksdb,
     /// A topology file to use instead of the embedded `topology/topology.toml` (the topic-level
     /// settings of the topics allread owns).
     pub topology_file: Option<PathBuf>,
@@ -65,6 +66,25 @@ pub struct Http {
     /// consumer group, and a query for a room whose task is elsewhere is redirected to the
     /// owner. Unset: such queries get an error naming the task instead.
     pub advertised: Option<String>,
+}
+
+/// The memory of the tasks' RocksDB stores, bounded together as Kafka Streams' documented
+/// bounded-memory configuration does it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rocksdb {
+    /// One budget, in bytes, for the block cache and the memtables of every task of the
+    /// process together: the memtables are charged to the shared block cache and flushed once
+    /// they hold half of it.
+    pub memory_bytes: usize,
+    /// A task's memtable is flushed at this size at the latest, in bytes.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for Rocksdb {
+    fn default() -> Self {
+        Self { memory_bytes: 128 << 20, write_buffer_bytes: 16 << 20 }
+    }
 }
 
 impl Default for Http {
@@ -113,6 +133,7 @@ impl Default for Config {
             processing: Processing::default(),
             http: Http::default(),
             engine: EngineConfig::default(),
+            rocksdb: Rocksdb::default(),
             topology_file: None,
             topology: crate::topology::TopologySettings::default(),
             kafka: BTreeMap::new(),
@@ -366,6 +387,16 @@ impl Config {
         }
         if self.processing.max_id_bytes == 0 || self.processing.max_id_bytes > 1024 {
             return invalid("processing.max_id_bytes", "must be between 1 and 1024");
+        }
+        if self.rocksdb.memory_bytes < 8 << 20 {
+            return invalid("rocksdb.memory_bytes", "must be at least 8388608 (8 MiB)");
+        }
+        if self.rocksdb.write_buffer_bytes < 1 << 20 || self.rocksdb.write_buffer_bytes > self.rocksdb.memory_bytes / 2
+        {
+            return invalid(
+                "rocksdb.write_buffer_bytes",
+                "must be at least 1048576 (1 MiB) and at most half of rocksdb.memory_bytes",
+            );
         }
         Ok(())
     }

@@ -67,4 +67,9 @@ fn an_invalid_value_is_refused_naming_the_setting() {
     let (ok, _, stderr) = check(None, &[("ALLREAD_HTTP__LISTEN", "everywhere")], &[]);
     assert!(!ok);
     assert!(stderr.contains("http.listen"), "{stderr}");
+
+    // A memtable larger than half the memory budget could never be held.
+    let (ok, _, stderr) = check(Some("[rocksdb]\nmemory_bytes = 33554432\nwrite_buffer_bytes = 33554432\n"), &[], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("rocksdb.write_buffer_bytes"), "{stderr}");
 }

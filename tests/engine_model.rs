@@ -185,7 +185,10 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
         // The production settings, room prefix scans included.
-        let opts = allread::runtime::engine_rocks_options(8 << 20);
+        let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb {
+            memory_bytes: 8 << 20,
+            write_buffer_bytes: 2 << 20,
+        });
         let rocks = run_engine(&actions, Engine::new(RocksStore::open(&path, &opts).unwrap(), config.clone()), &mut |e| {
             let c = e.config().clone();
             drop(e.into_store());

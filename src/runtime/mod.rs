@@ -195,7 +195,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
         Guarantee::AtLeastOnce => None,
     };
     info!(guarantee = cfg.processing.guarantee.name(), transactional_id = ?transactional_id, "starting");
-    let rocks = engine_rocks_options(256 << 20);
+    let rocks = engine_rocks_options(&cfg.rocksdb);
     let metrics = hooks.metrics.unwrap_or_default();
     let mut processor = Processor::new(cfg.clone(), transactional_id, rocks, metrics)?;
     processor.on_receipt = hooks.on_receipt;
@@ -257,10 +257,10 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     result.map(|()| report)
 }
 
-/// RocksDB settings for the engine's stores: a block cache of `block_cache_bytes` shared by
-/// every task, and the room as the key prefix (one room load is one prefix scan).
-pub fn engine_rocks_options(block_cache_bytes: usize) -> RocksOptions {
-    let mut opts = RocksOptions::default().with_shared_cache(block_cache_bytes);
+/// RocksDB settings for the engine's stores: one memory budget (block cache and memtables)
+/// shared by every task, and the room as the key prefix (one room load is one prefix scan).
+pub fn engine_rocks_options(settings: &crate::config::Rocksdb) -> RocksOptions {
+    let mut opts = RocksOptions::default().with_memory_budget(settings.memory_bytes, settings.write_buffer_bytes);
     opts.key_prefix = Some(KeyPrefix { name: persist::ROOM_PREFIX_SCHEME, prefix_len: persist::room_prefix_len });
     opts
 }

@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, DB};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBufferManager, DB,
+};
 
 use super::{KvStore, StoreError, WriteBatch};
 
@@ -25,6 +28,9 @@ pub struct RocksOptions {
     /// A block cache shared by all stores of the process (`None`: RocksDB's default 32 MiB
     /// per instance).
     pub block_cache: Option<Cache>,
+    /// Caps the memtables of all stores opened with these options together, their memory
+    /// charged to `block_cache` (see [`RocksOptions::with_memory_budget`]).
+    pub write_buffer_manager: Option<WriteBufferManager>,
     pub write_buffer_bytes: usize,
     /// `false` only for throwaway stores: without fsync on commit a power loss may lose the
     /// newest writes (a process crash never does; the WAL is still written).
@@ -33,7 +39,13 @@ pub struct RocksOptions {
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { key_prefix: None, block_cache: None, write_buffer_bytes: 64 << 20, sync_writes: false }
+        Self {
+            key_prefix: None,
+            block_cache: None,
+            write_buffer_manager: None,
+            write_buffer_bytes: 64 << 20,
+            sync_writes: false,
+        }
     }
 }
 
@@ -41,6 +53,20 @@ impl RocksOptions {
     /// A block cache of `bytes` to share between all stores opened with these options.
     pub fn with_shared_cache(mut self, bytes: usize) -> Self {
         self.block_cache = Some(Cache::new_lru_cache(bytes));
+        self
+    }
+
+    /// One memory budget for every store opened with these options, as Kafka Streams'
+    /// bounded-memory RocksDB configuration sets it up: a block cache of `total_bytes` shared by
+    /// all, and a write buffer manager that charges the memtables to that cache and flushes
+    /// them once they hold half of it together. Each store's memtable is flushed at
+    /// `write_buffer_bytes` at the latest.
+    pub fn with_memory_budget(mut self, total_bytes: usize, write_buffer_bytes: usize) -> Self {
+        let cache = Cache::new_lru_cache(total_bytes);
+        self.write_buffer_manager =
+            Some(WriteBufferManager::new_write_buffer_manager_with_cache(total_bytes / 2, false, cache.clone()));
+        self.block_cache = Some(cache);
+        self.write_buffer_bytes = write_buffer_bytes;
         self
     }
 }
@@ -65,6 +91,9 @@ impl RocksStore {
         // and LZ4 decompresses several times faster than ZSTD.
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_write_buffer_size(tuning.write_buffer_bytes);
+        if let Some(manager) = &tuning.write_buffer_manager {
+            opts.set_write_buffer_manager(manager);
+        }
         opts.set_max_background_jobs(2);
         opts.set_level_compaction_dynamic_level_bytes(true);
         let mut table = BlockBasedOptions::default();
