@@ -692,7 +692,7 @@ impl Processor {
             if self.is_repartition(elem.topic()) {
                 let partition = elem.partition();
                 self.kafka_committed.remove(&partition);
-                self.stop_restore(partition);
+                self.release_restore(partition);
                 let label = partition.to_string();
                 let m = &self.metrics;
                 for g in [
@@ -853,10 +853,6 @@ impl Processor {
         let r = self.restores.remove(&partition)?;
         self.restorer.remove(partition);
         Some(r)
-    }
-
-    fn stop_restore(&mut self, partition: i32) {
-        self.release_restore(partition);
     }
 
     fn stop_restores(&mut self) {
