@@ -54,6 +54,8 @@ impl Part {
 pub struct InputBuffer {
     parts: HashMap<Key, Part>,
     waiting_since: Option<Instant>,
+    /// Records in all queues (asked on every batch: kept, not summed over the partitions).
+    buffered: usize,
 }
 
 /// What a partition still holds on the broker, as far as the client knows.
@@ -74,11 +76,13 @@ fn timestamp(m: &OwnedMessage) -> i64 {
 
 impl InputBuffer {
     pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
-        self.parts.insert((topic.to_string(), partition), Part { queue: VecDeque::new(), next, more: None });
+        let old = self.parts.insert((topic.to_string(), partition), Part { queue: VecDeque::new(), next, more: None });
+        self.buffered -= old.map_or(0, |p| p.queue.len());
     }
 
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+        let old = self.parts.remove(&(topic.to_string(), partition));
+        self.buffered -= old.map_or(0, |p| p.queue.len());
     }
 
     /// Drops every buffered record (the consumer was rewound) and sets each partition's
@@ -89,6 +93,7 @@ impl InputBuffer {
             part.next = positions.get(key).copied();
             part.more = None;
         }
+        self.buffered = 0;
         self.waiting_since = None;
     }
 
@@ -97,17 +102,18 @@ impl InputBuffer {
         part.next = Some(m.offset() + 1);
         part.more = None;
         part.queue.push_back(m);
+        self.buffered += 1;
     }
 
     pub fn buffered(&self) -> usize {
-        self.parts.values().map(|p| p.queue.len()).sum()
+        self.buffered
     }
 
     /// The records that can be routed now, in timestamp order (each partition's own order
     /// kept), and whether routing went ahead without waiting any longer for a lagging
     /// partition (after `max_idle`).
     pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<OwnedMessage>, bool) {
-        if self.parts.values().all(|p| p.queue.is_empty()) {
+        if self.buffered == 0 {
             self.waiting_since = None;
             return (Vec::new(), false);
         }
@@ -140,6 +146,7 @@ impl InputBuffer {
         while let Some(Reverse((_, key))) = heads.pop() {
             let part = self.parts.get_mut(&key).expect("heads are of known partitions");
             out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
+            self.buffered -= 1;
             if let Some(next) = part.queue.front() {
                 heads.push(Reverse((timestamp(next), key)));
             } else if !enforced && part.has_more(&key, backlog, now) != Some(false) {
@@ -224,6 +231,30 @@ mod tests {
         b.revoke("reads", 1);
         b.revoke("quiet-room", 0);
         assert!(b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1)).0.is_empty());
+    }
+
+    #[test]
+    fn the_buffered_count_follows_pushes_routing_revocations_and_reassignments() {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        for i in 0..3 {
+            b.push(record("room", 0, i, 10 + i));
+            b.push(record("reads", 0, i, 20 + i));
+        }
+        assert_eq!(b.buffered(), 6);
+        // The room's records (older) go; the reads wait for the lagging room topic.
+        let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
+        assert_eq!(b.drain_ready(&lagging, Duration::from_secs(10)).0.len(), 3);
+        assert_eq!(b.buffered(), 3);
+        b.assign("reads", 0, Some(3)); // assigned again: its buffered records are gone
+        assert_eq!(b.buffered(), 0);
+        b.push(record("reads", 0, 3, 23));
+        b.push(record("room", 0, 3, 13));
+        b.revoke("room", 0);
+        assert_eq!(b.buffered(), 1);
+        assert_eq!(b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1)).0.len(), 1);
+        assert_eq!(b.buffered(), 0);
     }
     /// Counts the questions asked of the client.
     struct Counting(std::cell::Cell<u32>, bool);
