@@ -45,7 +45,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use super::run::{client, encode, now_ms, Options};
+use super::run::{client, encode, now_ms, Lateness, Options};
 use super::workload::{SimEvent, Target};
 use crate::receipts::{Event, Id};
 
@@ -657,7 +657,7 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
 
     let epoch = now_ms();
     let clock = shared.clock.get_or_init(|| Clock { start: Instant::now(), epoch, speed: opts.speed });
-    let mut behind = 0u64;
+    let mut lateness = Lateness::new();
     let mut room_events = 0u64;
     let mut held = 0u64;
     let mut held_for = Duration::ZERO;
@@ -666,9 +666,8 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
         let (due, now) = (clock.wall(e.at), clock.start.elapsed());
         if due > now {
             std::thread::sleep(due - now);
-        } else if now - due > Duration::from_millis(1) {
-            behind += 1;
         }
+        lateness.record(due, clock.start.elapsed());
         if let Some(&(slot, needed)) = script.leave_needs.get(&i) {
             let since = Instant::now();
             let acked = || shared.done[slot].load(Ordering::Acquire) >= needed;
@@ -702,7 +701,7 @@ pub fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
     crate::kafka::flush(&rooms, Duration::from_secs(120)).context("flushing the chat")?;
     let produced_in = clock.start.elapsed().as_secs_f64();
     eprintln!(
-        "sim: produced {room_events} room events in {produced_in:.1} s ({:.0}/s); {behind} sent late (by more than 1 ms)",
+        "sim: produced {room_events} room events in {produced_in:.1} s ({:.0}/s); {lateness}",
         room_events as f64 / produced_in
     );
     let limit = clock.wall(script.max_delay_ms) + Duration::from_secs(60);

@@ -174,6 +174,34 @@ pub(super) fn chat_producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<
         .context("creating the producer")
 }
 
+/// How late the generator handed each event to its producer: its own share of the latency the
+/// checker reports (it shares the machine with what it measures).
+pub(super) struct Lateness(Histogram<u64>);
+
+impl Lateness {
+    pub(super) fn new() -> Self {
+        Lateness(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
+    }
+
+    /// One event, due at `due` and sent at `sent` (both since the chat began).
+    pub(super) fn record(&mut self, due: Duration, sent: Duration) {
+        let _ = self.0.record((sent.saturating_sub(due).as_micros() as u64).max(1));
+    }
+}
+
+impl std::fmt::Display for Lateness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |q: f64| self.0.value_at_quantile(q) as f64 / 1000.0;
+        write!(
+            f,
+            "handed to the producer after their due time by p50 {:.1} p99 {:.1} max {:.1} ms",
+            ms(0.5),
+            ms(0.99),
+            self.0.max() as f64 / 1000.0
+        )
+    }
+}
+
 /// Creates the chat's topics, waits `start_after`, then writes the chat; returns its epoch
 /// (chat time 0 in wall-clock milliseconds: the moment the first event was due).
 fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
@@ -185,9 +213,7 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
     }
     let epoch = now_ms();
     let start = Instant::now();
-    // How late each event was handed to the producer, in microseconds: the generator's own
-    // share of the latency the checker reports (it shares the machine with what it measures).
-    let mut lateness = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    let mut lateness = Lateness::new();
     for e in events {
         if opts.live {
             let due = Duration::from_secs_f64(e.at as f64 / 1000.0 / opts.speed);
@@ -196,7 +222,7 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
                     std::thread::sleep(wait);
                 }
             }
-            let _ = lateness.record((start.elapsed().saturating_sub(due).as_micros() as u64).max(1));
+            lateness.record(due, start.elapsed());
         }
         let value = encode(e, epoch);
         let room = e.event.room_id();
@@ -216,16 +242,7 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
         "sim: produced {} events in {secs:.1} s ({:.0}/s){}",
         events.len(),
         events.len() as f64 / secs,
-        if opts.live {
-            format!(
-                "; handed to the producer after their due time by p50 {:.1} p99 {:.1} max {:.1} ms",
-                lateness.value_at_quantile(0.5) as f64 / 1000.0,
-                lateness.value_at_quantile(0.99) as f64 / 1000.0,
-                lateness.max() as f64 / 1000.0
-            )
-        } else {
-            String::new()
-        }
+        if opts.live { format!("; {lateness}") } else { String::new() }
     );
     Ok(epoch)
 }
