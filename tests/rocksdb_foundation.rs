@@ -49,3 +49,28 @@ fn the_store_keeps_an_atomic_batch_across_reopen() {
     assert!(!keys.contains(&"k050".to_string()));
     assert_eq!(store.get(b"k099").unwrap(), Some(99u32.to_be_bytes().to_vec()));
 }
+
+/// `[rocksdb]`: every task's memtables are charged to the one shared block cache, so the
+/// budget covers both. Nothing is read here, so without the write buffer manager the cache
+/// would stay empty while the memtables grow.
+#[test]
+fn the_memory_budget_charges_every_store_s_memtables_to_the_shared_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb {
+        memory_bytes: 64 << 20,
+        write_buffer_bytes: 8 << 20,
+    });
+    let cache = opts.block_cache.clone().expect("a shared block cache");
+    assert_eq!(cache.get_usage(), 0);
+    let mut stores: Vec<RocksStore> =
+        (0..2).map(|t| RocksStore::open(dir.path().join(format!("task-{t}")), &opts).unwrap()).collect();
+    for (t, store) in stores.iter_mut().enumerate() {
+        let mut batch = WriteBatch::new();
+        for i in 0..4_000u32 {
+            batch.put(format!("room{t}/k{i:05}").into_bytes(), vec![b'x'; 500]);
+        }
+        store.write(&batch).unwrap();
+    }
+    // About 4 MB written in all: the cache holds at least that much of reservations.
+    assert!(cache.get_usage() >= 2 << 20, "cache usage {} with the memtables of two stores", cache.get_usage());
+}
