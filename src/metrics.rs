@@ -200,7 +200,7 @@ impl Metrics {
             rocksdb_block_cache_bytes: {
                 let g = IntGauge::new(
                     "allread_rocksdb_block_cache_bytes",
-                    "Bytes in use in the block cache shared by all tasks.",
+                    "Bytes in use in the block cache shared by all tasks, the memtables charged to it included ([rocksdb] memory_bytes bounds it).",
                 )
                 .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("registered once");
