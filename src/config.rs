@@ -116,6 +116,9 @@ pub struct Processing {
     /// How long routing waits for an input partition that has records not fetched yet,
     /// before going on out of timestamp order (Kafka Streams' `max.task.idle.ms`).
     pub max_task_idle_ms: u64,
+    /// Whether an input record whose task runs in this instance skips the repartition topic
+    /// (see the README's "How it works").
+    pub local_shortcut: bool,
     /// Changelog records a restore applies per processing round: larger restores faster,
     /// smaller keeps tasks that are already running more responsive meanwhile.
     pub restore_batch_records: usize,
@@ -185,6 +188,7 @@ impl Default for Processing {
             max_id_bytes: DecodeLimits::default().max_id_bytes,
             max_poll_records: 10_000,
             max_task_idle_ms: 1_000,
+            local_shortcut: true,
             restore_batch_records: 50_000,
             shutdown_timeout_ms: 30_000,
         }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub dead_lettered: IntCounter,
     /// Input records written to the repartition topic.
     pub routed: IntCounter,
+    pub shortcut: IntCounter,
     /// Repartition records that could not be read (only allread writes that topic).
     pub corrupt_repartition_records: IntCounter,
     pub receipts: IntCounter,
@@ -114,6 +115,11 @@ impl Metrics {
                 "Records written to the dead-letter topic.",
             ),
             routed: counter(&r, "allread_routed_records_total", "Input records written to the repartition topic."),
+            shortcut: counter(
+                &r,
+                "allread_shortcut_records_total",
+                "Input records applied to a task of this instance directly, without the repartition topic.",
+            ),
             corrupt_repartition_records: counter(
                 &r,
                 "allread_corrupt_repartition_records_total",

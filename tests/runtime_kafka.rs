@@ -93,7 +93,6 @@ fn the_spec_worked_example_end_to_end() {
         (r#"allread_input_records_total{source="room"}"#, 7.0),
         (r#"allread_input_records_total{source="read"}"#, 2.0),
         ("allread_receipts_emitted_total", 2.0),
-        ("allread_routed_records_total", 9.0),
         ("allread_corrupt_repartition_records_total", 0.0),
         (r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#, 2.0),
         (r#"allread_engine_outcomes_total{outcome="join_applied"}"#, 4.0),
@@ -106,6 +105,12 @@ fn the_spec_worked_example_end_to_end() {
     ] {
         assert_eq!(common::metric(&text, series), Some(value), "{series} in\n{text}");
     }
+    // Every input record reached its task once: through the repartition topic, or (its task
+    // being here) directly.
+    let routed = common::metric(&text, "allread_routed_records_total").unwrap_or(-1.0);
+    let shortcut = common::metric(&text, "allread_shortcut_records_total").unwrap_or(-1.0);
+    assert_eq!(routed + shortcut, 9.0, "routed {routed}, shortcut {shortcut}");
+    assert!(routed >= 1.0, "the first record to a task is the barrier (see runtime::shortcut)");
     assert!(!text.contains("12345"), "a room id became a metric label");
     let task = allread::kafka::partitioner::partition_for(b"12345", 4);
     assert_eq!(
@@ -211,11 +216,27 @@ fn undecodable_records_are_dead_lettered_with_headers_and_the_rest_completes() {
 
 #[test]
 fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
-    let s = Setup::new("bulk");
+    let (shortcut, routed) = bulk("bulk", "");
+    assert!(shortcut > 0.0, "the tasks are all here: records skip the repartition topic");
+    assert!(routed >= 1.0 && routed < shortcut, "only the barriers (and what waited with them) go the long way");
+}
+
+#[test]
+fn without_the_local_shortcut_every_record_crosses_the_repartition_topic() {
+    let (shortcut, routed) = bulk("long", "local_shortcut = false");
+    assert_eq!(shortcut, 0.0);
+    assert!(routed > 2_000.0);
+}
+
+/// A generated chat through one instance (with `processing` settings `extra`); checks the
+/// receipts and returns the records that took the shortcut and those routed the long way.
+fn bulk(name: &str, extra: &str) -> (f64, f64) {
+    let s = Setup::new(name);
     let w = Workload::new(12, 1_000, 7);
     let chat = Chat::new(&s.bootstrap);
     w.produce_joins(&s, &chat);
-    let _allread = s.start();
+    let config = s.config(extra);
+    let _allread = common::Allread::start(&config, &s.dir.path().join("allread.log"));
     w.produce_all(&s, &chat);
     assert!(w.events() > 2_000, "a few thousand events");
     let out = Reader::new(&s.bootstrap, &s.output);
@@ -224,6 +245,13 @@ fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
     let (set, count) = receipt_set(&got);
     assert_eq!(count, set.len(), "no receipt twice");
     assert_eq!(set, w.expected);
+    let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
+    let metric = |name| common::metric(&text, name).unwrap_or(-1.0);
+    let (shortcut, routed) = (metric("allread_shortcut_records_total"), metric("allread_routed_records_total"));
+    let inputs = metric(r#"allread_input_records_total{source="room"}"#)
+        + metric(r#"allread_input_records_total{source="read"}"#);
+    assert_eq!(shortcut + routed, inputs, "every input record reached its task one way");
+    (shortcut, routed)
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub mod changelog_reader;
 mod context;
 mod processor;
 mod router;
+mod shortcut;
 pub mod task;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -308,7 +309,7 @@ fn process_until(
             return Err(fatal);
         }
         let mut failed = p.pending_rewind.take();
-        if failed.is_none() && (!batch.is_empty() || p.buffered_inputs() > 0) {
+        if failed.is_none() && (!batch.is_empty() || p.has_pending()) {
             failed = p.handle_batch(consumer, batch).err();
         }
         if failed.is_none() && p.last_commit.elapsed() >= commit_every {

@@ -22,7 +22,7 @@
 //! consumer (no group, `read_committed`) replays their changelog partition from the local
 //! store's changelog offset to the end; tasks already restored keep processing meanwhile.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,8 @@ use tracing::{debug, error, info, info_span, warn};
 use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
 use super::router::{Backlog, InputBuffer};
-use super::task::{ChangelogRecord, Task, TaskError};
+use super::shortcut::{Acks, Route, Shortcut};
+use super::task::{Applied, ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
 use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
 use crate::config::Config;
@@ -45,16 +46,28 @@ use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_passthrough};
 use crate::metrics::Metrics;
-use crate::receipts::{Millis, Outcomes};
+use crate::receipts::{Event, Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
 
 pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
+
+/// An input record, decoded, on its way to its task.
+struct Bound {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<Millis>,
+    event: Event,
+}
 type Producer_ = ThreadedProducer<DeliveryContext>;
 
 /// Counts acknowledgements and failures of produced records, and remembers, per changelog
 /// partition, the offset after the last changelog record acknowledged.
 pub struct DeliveryContext {
     changelog: String,
+    repartition: String,
+    /// Acknowledgements of repartition records, for the local shortcut's lanes.
+    pub(crate) acks: Acks,
     failures: AtomicU64,
     first_failure: Mutex<Option<String>>,
     changelog_next: Mutex<HashMap<i32, i64>>,
@@ -67,13 +80,18 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(msg) => {
-                if msg.topic() == self.changelog {
+                if msg.topic() == self.repartition {
+                    self.acks.report(msg.partition(), Some(msg.offset()));
+                } else if msg.topic() == self.changelog {
                     let mut next = self.changelog_next.lock().unwrap();
                     let entry = next.entry(msg.partition()).or_insert(0);
                     *entry = (*entry).max(msg.offset() + 1);
                 }
             }
             Err((e, msg)) => {
+                if msg.topic() == self.repartition {
+                    self.acks.report(msg.partition(), None);
+                }
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 let mut first = self.first_failure.lock().unwrap();
                 if first.is_none() {
@@ -85,9 +103,11 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
-    fn new(changelog: String) -> Self {
+    fn new(cfg: &Config) -> Self {
         DeliveryContext {
-            changelog,
+            changelog: cfg.changelog_topic(),
+            repartition: cfg.repartition_topic(),
+            acks: Acks::new(cfg.topics.partitions as usize),
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             changelog_next: Mutex::new(HashMap::new()),
@@ -122,7 +142,7 @@ fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Produ
         c.set("transactional.id", id).set("transaction.timeout.ms", cfg.processing.transaction_timeout_ms.to_string());
     }
     let producer: Producer_ = with_producer_passthrough(c, cfg)
-        .create_with_context(DeliveryContext::new(cfg.changelog_topic()))
+        .create_with_context(DeliveryContext::new(cfg))
         .map_err(RuntimeError::Client)?;
     if transactional_id.is_some() {
         // Fences any earlier producer with this id and aborts the transaction it left open.
@@ -163,6 +183,10 @@ pub struct Processor {
     restores: BTreeMap<i32, Restore>,
     /// Input records waiting to be routed in timestamp order.
     inputs: InputBuffer,
+    /// Which local tasks input records may reach without the repartition topic.
+    shortcut: Shortcut<Bound>,
+    /// Input topic names, shared by the records bound for a task.
+    topic_names: HashSet<Arc<str>>,
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: HashMap<String, HashMap<i32, i64>>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
@@ -207,6 +231,8 @@ impl Processor {
             repartition: cfg.repartition_topic(),
             changelog: cfg.changelog_topic(),
             dlq: cfg.dlq_topic(),
+            shortcut: Shortcut::new(cfg.processing.local_shortcut, cfg.topics.partitions as usize),
+            topic_names: HashSet::new(),
             cfg,
             producer,
             transactional_id,
@@ -269,27 +295,25 @@ impl Processor {
                 self.inputs.push(m);
             }
         }
-        let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
-        let (ready, enforced) = self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle);
-        if enforced {
-            self.metrics.enforced_routing.inc();
-        }
-        for m in ready {
-            self.route(&m)?;
+        if !self.shortcut.saturated() {
+            let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
+            let (ready, enforced) = self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle);
+            if enforced {
+                self.metrics.enforced_routing.inc();
+            }
+            for m in ready {
+                self.route(&m, now)?;
+            }
         }
         for m in repartitioned {
             self.process(&m, now)?;
         }
-        Ok(())
+        self.release_held(now)
     }
 
-    /// Input records polled but not routed yet.
-    pub fn buffered_inputs(&self) -> usize {
-        self.inputs.buffered()
-    }
-
-    /// Input record -> repartition topic (by room), or -> dead letters.
-    fn route(&mut self, m: &OwnedMessage) -> Result<(), RuntimeError> {
+    /// Input record -> its task, directly if the task is here and its lane is open (see
+    /// `shortcut`), else through the repartition topic (by room); or -> dead letters.
+    fn route(&mut self, m: &OwnedMessage, now: Millis) -> Result<(), RuntimeError> {
         let topic = m.topic();
         let payload = m.payload().unwrap_or(&[]);
         let source = if topic == self.cfg.topics.read { "read" } else { "room" };
@@ -298,23 +322,23 @@ impl Processor {
         let topics = &self.cfg.topics;
         match codec::decode_input(topic, &topics.read, &topics.room_prefix, payload, &self.limits) {
             Ok(event) => {
-                let room = event.room_id().clone();
-                let partition = partition_for(room.as_bytes(), self.cfg.topics.partitions);
-                let source = Source {
-                    topic: topic.to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis().unwrap_or(0),
+                let partition = partition_for(event.room_id().as_bytes(), self.cfg.topics.partitions);
+                let topic = match self.topic_names.get(topic) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = Arc::from(topic);
+                        self.topic_names.insert(t.clone());
+                        t
+                    }
                 };
-                let value = envelope::encode(&source, &event);
-                let repartition = self.repartition.clone();
-                let mut record =
-                    BaseRecord::to(&repartition).partition(partition).key(room.as_bytes()).payload(&value[..]);
-                if let Some(ts) = m.timestamp().to_millis() {
-                    record = record.timestamp(ts);
+                let timestamp = m.timestamp().to_millis();
+                let bound = Bound { topic, partition: m.partition(), offset: m.offset(), timestamp, event };
+                let position = self.tasks.get(&partition).filter(|t| !t.restoring).map(Task::lane_position);
+                match self.shortcut.route(partition, position, &self.producer.context().acks, bound) {
+                    Route::Apply(records) => self.apply_local(partition, records, now)?,
+                    Route::Send(records) => self.send_routed(partition, records)?,
+                    Route::Held => {}
                 }
-                self.send(record)?;
-                self.metrics.routed.inc();
             }
             Err(e) => self.dead_letter(m, &e)?,
         }
@@ -325,6 +349,97 @@ impl Processor {
             }
             None => {
                 self.routed.insert(topic.to_string(), HashMap::from([(m.partition(), m.offset() + 1)]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records bound for task `partition` -> the repartition topic.
+    fn send_routed(&mut self, partition: i32, records: Vec<Bound>) -> Result<(), RuntimeError> {
+        let repartition = self.repartition.clone();
+        for b in records {
+            let source = Source {
+                topic: b.topic.to_string(),
+                partition: b.partition,
+                offset: b.offset,
+                timestamp: b.timestamp.unwrap_or(0),
+            };
+            let value = envelope::encode(&source, &b.event);
+            let mut record =
+                BaseRecord::to(&repartition).partition(partition).key(b.event.room_id().as_bytes()).payload(&value[..]);
+            if let Some(ts) = b.timestamp {
+                record = record.timestamp(ts);
+            }
+            self.send(record)?;
+            self.metrics.routed.inc();
+        }
+        Ok(())
+    }
+
+    /// Records bound for task `partition`, which is here and whose lane is open -> the task.
+    fn apply_local(&mut self, partition: i32, records: Vec<Bound>, now: Millis) -> Result<(), RuntimeError> {
+        for b in records {
+            let task = self.tasks.get_mut(&partition).expect("a lane opens only for a task held here");
+            let applied = task
+                .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), b.event, now)
+                .map_err(|source| RuntimeError::Engine { partition, source })?;
+            self.metrics.shortcut.inc();
+            match applied {
+                Some(applied) => self.emit(applied, now)?,
+                None => self.metrics.duplicates_skipped.inc(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Held records whose lane has opened -> their tasks.
+    fn release_held(&mut self, now: Millis) -> Result<(), RuntimeError> {
+        let tasks = &self.tasks;
+        let position = |p: i32| tasks.get(&p).filter(|t| !t.restoring).map(Task::lane_position);
+        let released = self.shortcut.release(position, &self.producer.context().acks);
+        for (partition, records) in released {
+            self.apply_local(partition, records, now)?;
+        }
+        Ok(())
+    }
+
+    /// Closes every lane and sends what they held (partitions are being assigned or revoked).
+    fn close_lanes(&mut self) {
+        for (partition, records) in self.shortcut.close_all() {
+            if let Err(e) = self.send_routed(partition, records) {
+                warn!(error = %e, "sending held records to the repartition topic failed");
+                self.pending_rewind = Some(e);
+            }
+        }
+    }
+
+    /// Per input partition, the offset of the first record held: offsets are not committed
+    /// past it.
+    fn held_positions(&self) -> HashMap<(Arc<str>, i32), i64> {
+        let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+        for b in self.shortcut.held() {
+            let e = first.entry((b.topic.clone(), b.partition)).or_insert(b.offset);
+            *e = (*e).min(b.offset);
+        }
+        first
+    }
+
+    /// Whether there is work without new records: input waiting to be routed, or held.
+    pub fn has_pending(&self) -> bool {
+        self.inputs.buffered() > 0 || self.shortcut.held().next().is_some()
+    }
+
+    /// Produces the receipts an applied record completed.
+    fn emit(&mut self, applied: Applied, now: Millis) -> Result<(), RuntimeError> {
+        let output = self.cfg.topics.output.clone();
+        for r in &applied.receipts {
+            self.metrics.receipts.inc();
+            self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
+            self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
+            let value = encode_receipt(r);
+            self.send(BaseRecord::to(&output).key(r.room_id.as_bytes()).payload(&value[..]))?;
+            if let Some(f) = self.on_receipt.as_mut() {
+                f(r);
             }
         }
         Ok(())
@@ -385,20 +500,7 @@ impl Processor {
                 self.metrics.duplicates_skipped.inc();
                 Ok(())
             }
-            Ok(Some(applied)) => {
-                let output = self.cfg.topics.output.clone();
-                for r in &applied.receipts {
-                    self.metrics.receipts.inc();
-                    self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
-                    self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
-                    let value = encode_receipt(r);
-                    self.send(BaseRecord::to(&output).key(r.room_id.as_bytes()).payload(&value[..]))?;
-                    if let Some(f) = self.on_receipt.as_mut() {
-                        f(r);
-                    }
-                }
-                Ok(())
-            }
+            Ok(Some(applied)) => self.emit(applied, now),
             Err(TaskError::Envelope(e)) => {
                 let _task = info_span!("task", task = partition).entered();
                 // Only allread writes this topic; a record it cannot read is a bug or a
@@ -462,9 +564,13 @@ impl Processor {
             }
         }
         let mut tpl = TopicPartitionList::new();
+        let held = self.held_positions();
         for (topic, partitions) in &self.routed {
             for (partition, offset) in partitions {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(RuntimeError::Produce)?;
+                let first_held =
+                    if held.is_empty() { None } else { held.get(&(Arc::from(topic.as_str()), *partition)) };
+                let offset = first_held.map_or(*offset, |first| (*first).min(*offset));
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(offset)).map_err(RuntimeError::Produce)?;
             }
         }
         let mut tasks_committed = Vec::new();
@@ -508,7 +614,7 @@ impl Processor {
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
         }
         if self.exactly_once() {
-            self.routed.clear();
+            self.forget_routed(&held);
             self.kafka_committed.extend(tasks_committed);
         } else if tpl.count() > 0 {
             // A failed offset commit loses nothing: tasks resume from their own state and
@@ -516,11 +622,24 @@ impl Processor {
             if let Err(e) = consumer.commit(&tpl, mode) {
                 warn!(error = %e, "committing consumer offsets failed; retrying at the next commit");
             } else {
-                self.routed.clear();
+                self.forget_routed(&held);
                 self.kafka_committed.extend(tasks_committed);
             }
         }
         Ok(true)
+    }
+
+    /// After a commit: input offsets committed in full are forgotten; those held back by a
+    /// held record are committed again next time.
+    fn forget_routed(&mut self, held: &HashMap<(Arc<str>, i32), i64>) {
+        if held.is_empty() {
+            self.routed.clear();
+            return;
+        }
+        self.routed.retain(|topic, partitions| {
+            partitions.retain(|p, _| held.contains_key(&(Arc::from(topic.as_str()), *p)));
+            !partitions.is_empty()
+        });
     }
 
     /// Commits the open transaction, retrying a commit that timed out (its outcome unknown).
@@ -550,6 +669,7 @@ impl Processor {
         self.exported_outcomes = self.outcomes();
         warn!(error = %reason, "rewinding to the last commit");
         self.sent = 0;
+        let mut new_producer = false;
         if self.exactly_once() {
             self.metrics.transactions.with_label_values(&["aborted"]).inc();
             let aborted = self.producer.abort_transaction(TXN_TIMEOUT).and_then(|()| self.producer.begin_transaction());
@@ -561,6 +681,7 @@ impl Processor {
                     Ok(p) => {
                         self.metrics.producers_created.inc();
                         self.producer = p;
+                        new_producer = true;
                     }
                     Err(e) => {
                         error!(error = %e, "creating a new transactional producer failed");
@@ -574,6 +695,9 @@ impl Processor {
         }
         let _ = self.producer.context().take_failures();
         let _ = self.producer.context().take_changelog_next();
+        // Tasks go back to their last commit: what they applied since must come again (input
+        // is read again from the committed offsets), and the repartition topic may hold some.
+        self.shortcut.reset(new_producer);
         // Every task goes back to its local store and catches up from its changelog (which
         // is ahead if a commit reached Kafka but not the store), its partition paused.
         self.stop_restores();
@@ -634,6 +758,9 @@ impl Processor {
     pub fn on_assign(&mut self, consumer: &Consumer_, tpl: &mut TopicPartitionList) -> TopicPartitionList {
         self.assigned = true;
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        // New input partitions may have records their last owner sent through the repartition
+        // topic that no task has applied yet; new tasks may too.
+        self.close_lanes();
         // Input partitions: where each starts, so that the router knows which have a backlog.
         let mut inputs = TopicPartitionList::new();
         for e in tpl.elements().iter().filter(|e| !self.is_repartition(e.topic())) {
@@ -678,6 +805,8 @@ impl Processor {
     /// Partitions revoked: commit what we have, then let them go.
     pub fn on_revoke(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList, lost: bool) {
         self.metrics.rebalances.with_label_values(&[if lost { "lost" } else { "revoke" }]).inc();
+        // Held records go the long way before the commit covers their input.
+        self.close_lanes();
         if !lost {
             if let Err(e) = self.commit(consumer, CommitMode::Sync) {
                 warn!(error = %e, "commit before revocation failed; the next owner re-processes from the last commit");

@@ -13,7 +13,7 @@
 //! value, or a tombstone for a delete), so replaying the changelog from `_c` onwards brings
 //! any older copy of the store, or an empty one, to the latest committed state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -26,7 +26,12 @@ const KEY_OFFSET: &[u8] = b"_o";
 const PREFIX_SOURCE: &[u8] = b"_s";
 const KEY_CHANGELOG: &[u8] = b"_c";
 
-type SourceKey = (Arc<str>, i32);
+/// The positions applied from one input topic's partitions.
+struct TopicPositions {
+    topic: Arc<str>,
+    /// Partition -> (last input offset applied, changed since the last commit).
+    partitions: HashMap<i32, (i64, bool)>,
+}
 
 /// A changelog record: its offset, the store key, and the value (`None`: a tombstone).
 pub type ChangelogRecord = (i64, Vec<u8>, Option<Vec<u8>>);
@@ -50,8 +55,9 @@ pub struct Task {
     changelog_offset: Option<i64>,
     /// Whether the task is catching up from its changelog (no processing, no queries).
     pub restoring: bool,
-    sources: HashMap<SourceKey, i64>,
-    dirty_sources: HashSet<SourceKey>,
+    /// Looked up by `&str`: no allocation per record.
+    sources: HashMap<Arc<str>, TopicPositions>,
+    dirty_sources: Vec<(Arc<str>, i32)>,
     uncommitted: bool,
     /// Outcome counts of engines this task replaced (rewinds), so totals survive them.
     carried: Outcomes,
@@ -103,7 +109,7 @@ impl Task {
         };
         let next_offset = read_i64(KEY_OFFSET)?;
         let changelog_offset = read_i64(KEY_CHANGELOG)?;
-        let mut sources = HashMap::new();
+        let mut sources: HashMap<Arc<str>, TopicPositions> = HashMap::new();
         let mut failure = None;
         store.scan_prefix(PREFIX_SOURCE, &mut |k, v| {
             let parsed = (|| {
@@ -113,8 +119,11 @@ impl Task {
                 Some((Arc::<str>::from(topic), partition))
             })();
             match (parsed, i64_value(k, v)) {
-                (Some(key), Ok(offset)) => {
-                    sources.insert(key, offset);
+                (Some((topic, partition)), Ok(offset)) => {
+                    let positions = sources
+                        .entry(topic.clone())
+                        .or_insert_with(|| TopicPositions { topic, partitions: HashMap::new() });
+                    positions.partitions.insert(partition, (offset, false));
                     true
                 }
                 (None, _) => {
@@ -139,7 +148,7 @@ impl Task {
             changelog_offset,
             restoring: true,
             sources,
-            dirty_sources: HashSet::new(),
+            dirty_sources: Vec::new(),
             uncommitted: false,
             carried: Outcomes::default(),
             skipped_duplicates: 0,
@@ -161,15 +170,45 @@ impl Task {
         self.next_offset = Some(offset + 1);
         self.uncommitted = true;
         let Routed { source, event } = envelope::decode(payload)?;
-        let key: SourceKey = (Arc::from(source.topic.as_str()), source.partition);
-        if self.sources.get(&key).is_some_and(|&applied| source.offset <= applied) {
+        Ok(self.apply(&source.topic, source.partition, source.offset, source.timestamp, event, now)?)
+    }
+
+    /// Applies the event of input record `topic`/`partition`/`offset`, which reached the task
+    /// through the repartition topic or the local shortcut (see `shortcut`); skipped when
+    /// that input position was applied before. The caller keeps each input partition's
+    /// records in offset order.
+    pub fn apply(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        source_timestamp: Millis,
+        event: Event,
+        now: Millis,
+    ) -> Result<Option<Applied>, EngineError> {
+        let applied = self.sources.get(topic).and_then(|t| t.partitions.get(&partition)).map(|p| p.0);
+        if applied.is_some_and(|applied| offset <= applied) {
             self.skipped_duplicates += 1;
             return Ok(None);
         }
         self.engine.apply(&event, now)?;
-        self.sources.insert(key.clone(), source.offset);
-        self.dirty_sources.insert(key);
-        Ok(Some(Applied { event, source_timestamp: source.timestamp, receipts: self.engine.take_emitted() }))
+        self.uncommitted = true;
+        let positions = match self.sources.get_mut(topic) {
+            Some(p) => p,
+            None => {
+                let topic: Arc<str> = Arc::from(topic);
+                self.sources
+                    .entry(topic.clone())
+                    .or_insert_with(|| TopicPositions { topic, partitions: HashMap::new() })
+            }
+        };
+        let entry = positions.partitions.entry(partition).or_insert((offset, false));
+        entry.0 = offset;
+        if !entry.1 {
+            entry.1 = true;
+            self.dirty_sources.push((positions.topic.clone(), partition));
+        }
+        Ok(Some(Applied { event, source_timestamp, receipts: self.engine.take_emitted() }))
     }
 
     pub fn tick(&mut self, now: Millis) -> Result<(), EngineError> {
@@ -190,9 +229,11 @@ impl Task {
         if let Some(o) = self.next_offset {
             extra.push((KEY_OFFSET.to_vec(), Some(o.to_be_bytes().to_vec())));
         }
-        for key in self.dirty_sources.drain() {
-            let offset = self.sources[&key];
-            extra.push((source_key(&key.0, key.1), Some(offset.to_be_bytes().to_vec())));
+        for (topic, partition) in self.dirty_sources.drain(..) {
+            let entry = self.sources.get_mut(&topic).and_then(|t| t.partitions.get_mut(&partition));
+            let entry = entry.expect("dirty sources are known");
+            entry.1 = false;
+            extra.push((source_key(&topic, partition), Some(entry.0.to_be_bytes().to_vec())));
         }
         Ok(Some(self.engine.prepare_commit(extra)?))
     }
@@ -273,6 +314,13 @@ impl Task {
     /// The next repartition offset this task will read (processed, committed or not).
     pub fn position(&self) -> Option<i64> {
         self.next_offset
+    }
+
+    /// The position the local shortcut compares with acknowledged repartition offsets: 0 for
+    /// a task that has read nothing yet (below any acknowledged offset: its lane opens only
+    /// once it has read past the barrier).
+    pub fn lane_position(&self) -> i64 {
+        self.next_offset.unwrap_or(0)
     }
 
     /// Figures for the metrics: the engine's cache and the store's size.
