@@ -172,6 +172,10 @@ struct SimArgs {
     /// consumer each).
     #[arg(long, requires = "live", conflicts_with = "check_only")]
     clients: bool,
+    /// Write this file once the ground truth is computed and the check has begun (start the
+    /// system under test after it appears, so that the two do not share the CPU meanwhile).
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -204,6 +208,7 @@ impl SimArgs {
             exactly_once: self.exactly_once,
             start_after: std::time::Duration::from_secs(self.start_after),
             clients: self.clients,
+            ready_file: self.ready_file.clone(),
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Options {
     /// Every user is a chat client with its own consumer group, sending its reads when it
     /// has received the messages (needs `live`): see [`super::clients`].
     pub clients: bool,
+    /// Written once the ground truth is computed and the checker is reading the output, so
+    /// that a benchmark starts the system under test only then (computing the ground truth
+    /// takes a core for seconds).
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 /// What a check found.
@@ -116,6 +120,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         started.elapsed().as_secs_f64()
     );
     let checker = if opts.check { Some(Checker::start(opts, truth.len())?) } else { None };
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, "ready\n").with_context(|| format!("writing {}", path.display()))?;
+    }
     // Chat time 0 in wall-clock milliseconds: when the first event is written. Recent even when
     // the chat is written as fast as possible: a processor expires messages by their age, as
     // the spec says it should.
