@@ -285,6 +285,30 @@ fn rule_10_pending_messages_and_markers_expire() {
 }
 
 #[test]
+fn rule_10_a_room_in_memory_forgets_an_expired_marker_too() {
+    // The room keeps its last few markers in memory (no store lookup for the reads that
+    // come after a message completed); an expired marker must leave that copy as well.
+    let config = EngineConfig { completed_marker_ttl_ms: 1_000, ..EngineConfig::default() };
+    let mut r = Room::with(config);
+    r.join("alice");
+    r.join("bob");
+    r.send("alice", "m1");
+    assert_eq!(r.read("bob", "m1"), ["m1"]);
+    assert_eq!(r.read("bob", "m1"), NONE);
+    assert_eq!(r.engine.outcomes().read_parked, 0, "a read of a completed message is known");
+    assert_eq!(r.send("alice", "m1"), NONE);
+    assert_eq!(r.engine.outcomes().duplicate_message, 1);
+    r.tick(1_000);
+    assert_eq!(r.engine.outcomes().marker_expired, 1);
+    // m1 is unknown now: a read of it waits, and a message with its id is a new message.
+    assert_eq!(r.read("bob", "m1"), NONE);
+    assert_eq!(r.engine.outcomes().read_parked, 1);
+    assert_eq!(r.send("alice", "m1"), ["m1"]);
+    assert_eq!(r.engine.outcomes().message_applied, 2);
+    assert_eq!(r.engine.outcomes().parked_read_applied, 1);
+}
+
+#[test]
 fn rule_11_large_rooms_keep_positions_but_not_completions() {
     let config = EngineConfig { large_room_member_limit: 2, ..EngineConfig::default() };
     let mut r = Room::with(config);

@@ -196,6 +196,9 @@ impl<S: KvStore> Engine<S> {
                         if marker.expire_at == at {
                             self.side.delete(mkey, true);
                             self.outcomes.marker_expired += 1;
+                            if let Some(room) = self.rooms.get_mut(&room_id) {
+                                room.forget_marker(&message_id);
+                            }
                         }
                     }
                 }
@@ -341,10 +344,23 @@ fn marker(ctx: &Ctx, room: &str, message_id: &str) -> Result<Option<MarkerV1>, S
     }
 }
 
-fn put_marker(ctx: &mut Ctx, room: &str, message_id: &str, marker: MarkerV1) {
-    let index = persist::expiry_key(marker.expire_at, persist::EXPIRE_MARKER, room, message_id.as_bytes());
+/// The seq of a message that completed or expired in this room (its marker), if any.
+fn marker_seq(room: &mut Room, ctx: &Ctx, message_id: &Id) -> Result<Option<u64>, StoreError> {
+    if let Some(seq) = room.recent_marker(message_id) {
+        return Ok(Some(seq));
+    }
+    let found = marker(ctx, &room.id, message_id)?;
+    if let Some(m) = &found {
+        room.remember_marker(message_id.clone(), m.seq);
+    }
+    Ok(found.map(|m| m.seq))
+}
+
+fn put_marker(room: &mut Room, ctx: &mut Ctx, message_id: &Id, marker: MarkerV1) {
+    let index = persist::expiry_key(marker.expire_at, persist::EXPIRE_MARKER, &room.id, message_id.as_bytes());
     ctx.side.put(index, Vec::new());
-    ctx.side.put(persist::marker_key(room, message_id), persist::encode(&marker));
+    ctx.side.put(persist::marker_key(&room.id, message_id), persist::encode(&marker));
+    room.remember_marker(message_id.clone(), marker.seq);
 }
 
 /// Rule 1.
@@ -373,7 +389,7 @@ fn on_leave(room: &mut Room, ctx: &mut Ctx, user: &Id) -> Result<(), StoreError>
 
 /// Rules 3, 7, 9, 11, and the parked reads of rule 8.
 fn on_message(room: &mut Room, ctx: &mut Ctx, message_id: &Id, sender: &Id, sent_at: Millis) -> Result<(), StoreError> {
-    if room.pending_ids.contains_key(message_id) || marker(ctx, &room.id, message_id)?.is_some() {
+    if room.pending_ids.contains_key(message_id) || marker_seq(room, ctx, message_id)?.is_some() {
         ctx.outcomes.duplicate_message += 1;
         return Ok(());
     }
@@ -395,7 +411,7 @@ fn on_message(room: &mut Room, ctx: &mut Ctx, message_id: &Id, sender: &Id, sent
             sent_at,
             required,
         };
-        put_marker(ctx, &room.id, message_id, m);
+        put_marker(room, ctx, message_id, m);
     } else {
         let expire_at = ctx.now.saturating_add(ctx.config.pending_message_ttl_ms);
         let index = persist::expiry_key(expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes());
@@ -450,8 +466,8 @@ fn parked_index_key(room: &str, expire_at: Millis, park_seq: u64, message_id: &s
 fn on_read(room: &mut Room, ctx: &mut Ctx, user: &Id, message_id: &Id, scope: ReadScope) -> Result<(), StoreError> {
     if let Some(&seq) = room.pending_ids.get(message_id) {
         read_known(room, ctx, user, seq, scope, true);
-    } else if let Some(m) = marker(ctx, &room.id, message_id)? {
-        read_known(room, ctx, user, m.seq, scope, false);
+    } else if let Some(seq) = marker_seq(room, ctx, message_id)? {
+        read_known(room, ctx, user, seq, scope, false);
     } else {
         park(room, ctx, user, message_id, scope);
     }
@@ -560,7 +576,7 @@ fn expire_pending(room: &mut Room, ctx: &mut Ctx, id: &[u8], at: Millis) -> Resu
         sent_at: p.sent_at,
         required: p.required,
     };
-    put_marker(ctx, &room.id, &p.message_id, m);
+    put_marker(room, ctx, &p.message_id, m);
     Ok(())
 }
 
@@ -594,7 +610,7 @@ fn complete(room: &mut Room, ctx: &mut Ctx, seq: u64) {
         sent_at: p.sent_at,
         required: p.required,
     };
-    put_marker(ctx, &room.id, &p.message_id, m);
+    put_marker(room, ctx, &p.message_id, m);
     if p.required == 0 {
         ctx.outcomes.trivial_completion += 1;
         if ctx.config.suppress_trivial {

@@ -4,7 +4,7 @@
 //! (`Dirty`), when the caller commits. The in-memory indexes (`by_pos`, `pending_ids`,
 //! `with_readers`, `parked_by_user`) are derived on load and never stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::event::{Id, Millis, ReadScope};
 use super::persist::{self, MemberV1, MetaV1, ParkedReadV1, ParkedV1, PendingV1, RoomEntry};
@@ -69,7 +69,14 @@ pub(crate) struct Room {
     pub last_used: u64,
     /// The weight counted for this room in the cache at the last commit.
     pub weight: usize,
+    /// The markers of the last few messages that completed or expired here, newest last:
+    /// id and seq, as in the marker store. Reads often come just after the message they read
+    /// completed (another read covered it); this answers them without a store lookup.
+    recent_markers: VecDeque<(Id, u64)>,
 }
+
+/// How many recent markers a room keeps in memory (each counts as a state entry).
+const RECENT_MARKERS: usize = 8;
 
 impl Room {
     pub fn new(id: Id) -> Self {
@@ -90,6 +97,7 @@ impl Room {
             meta_persisted: false,
             last_used: 0,
             weight: 1,
+            recent_markers: VecDeque::new(),
         }
     }
 
@@ -100,7 +108,28 @@ impl Room {
 
     /// State entries held, the unit of the cache's budget.
     pub fn entries(&self) -> usize {
-        1 + self.members.len() + self.pending.len() + self.parked.values().map(Vec::len).sum::<usize>()
+        1 + self.members.len()
+            + self.pending.len()
+            + self.parked.values().map(Vec::len).sum::<usize>()
+            + self.recent_markers.len()
+    }
+
+    /// The seq of a recent marker (see `recent_markers`); `None` says nothing: look in the store.
+    pub fn recent_marker(&self, message_id: &str) -> Option<u64> {
+        self.recent_markers.iter().rev().find(|(id, _)| &**id == message_id).map(|(_, seq)| *seq)
+    }
+
+    /// A marker that is in the store (written, or just read from it).
+    pub fn remember_marker(&mut self, message_id: Id, seq: u64) {
+        if self.recent_markers.len() == RECENT_MARKERS {
+            self.recent_markers.pop_front();
+        }
+        self.recent_markers.push_back((message_id, seq));
+    }
+
+    /// A marker left the store (expired).
+    pub fn forget_marker(&mut self, message_id: &str) {
+        self.recent_markers.retain(|(id, _)| &**id != message_id);
     }
 
     /// Whether this room holds nothing worth keeping but its meta.
