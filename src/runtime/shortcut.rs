@@ -26,6 +26,9 @@
 //! this instance, so it stays open.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use tracing::info;
 
 /// Acknowledgements of the records one producer sent to the repartition topic, per partition
 /// (written by the producer's delivery callback).
@@ -74,6 +77,8 @@ struct Lane<T> {
     /// Whether a record was sent to it since the lane was last closed (the barrier).
     barrier_sent: bool,
     open: bool,
+    /// When the barrier was sent.
+    barrier_at: Option<Instant>,
     /// Records that arrived after the barrier, while the lane waits for it to come back:
     /// sending them would leave the lane always waiting under a steady load.
     held: Vec<T>,
@@ -99,8 +104,9 @@ pub struct Shortcut<T> {
 
 impl<T> Shortcut<T> {
     pub fn new(enabled: bool, partitions: usize) -> Self {
-        let lanes =
-            (0..partitions).map(|_| Lane { sent: 0, barrier_sent: false, open: false, held: Vec::new() }).collect();
+        let lanes = (0..partitions)
+            .map(|_| Lane { sent: 0, barrier_sent: false, open: false, barrier_at: None, held: Vec::new() })
+            .collect();
         Shortcut { enabled, lanes, held: 0 }
     }
 
@@ -115,6 +121,10 @@ impl<T> Shortcut<T> {
         if !lane.open && lane.barrier_sent {
             let (reported, max_offset) = acks.get(i);
             lane.open = reported >= lane.sent && position > max_offset;
+            if lane.open {
+                let waited_ms = lane.barrier_at.take().map_or(0, |t| t.elapsed().as_millis() as u64);
+                info!(task = i, waited_ms, held = lane.held.len(), "local shortcut to the task open");
+            }
         }
         lane.open
     }
@@ -153,6 +163,9 @@ impl<T> Shortcut<T> {
     fn send(&mut self, i: usize, items: Vec<T>) -> Route<T> {
         let lane = &mut self.lanes[i];
         lane.sent += items.len() as u64;
+        if !lane.barrier_sent {
+            lane.barrier_at = Some(Instant::now());
+        }
         lane.barrier_sent = true;
         lane.open = false;
         Route::Send(items)
@@ -187,6 +200,7 @@ impl<T> Shortcut<T> {
             let lane = &mut self.lanes[i];
             lane.open = false;
             lane.barrier_sent = !items.is_empty();
+            lane.barrier_at = lane.barrier_sent.then(Instant::now);
             lane.sent += items.len() as u64;
             if !items.is_empty() {
                 to_send.push((i as i32, items));
@@ -201,6 +215,7 @@ impl<T> Shortcut<T> {
         for lane in &mut self.lanes {
             lane.open = false;
             lane.barrier_sent = false;
+            lane.barrier_at = None;
             lane.held.clear();
             if new_producer {
                 lane.sent = 0;
