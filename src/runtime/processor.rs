@@ -1,6 +1,7 @@
-//! The processing loop's state: routing input records to the repartition topic, running
-//! tasks, restoring them from their changelogs, and committing output, state and offsets in
-//! the right order.
+//! The processing loop's state: routing input records to their tasks (through the
+//! repartition topic, or directly to a task of this instance: see `shortcut`), running tasks,
+//! restoring them from their changelogs, and committing output, state and offsets in the
+//! right order.
 //!
 //! A commit, in both guarantees: (1) each task's changes since the last commit (with the
 //! repartition offset and source positions they reflect) become changelog records; then
@@ -50,6 +51,10 @@ use crate::receipts::{Event, Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
 
 pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
+type Producer_ = ThreadedProducer<DeliveryContext>;
+
+/// Input topic -> partition -> offset of the first record held there (see `held_positions`).
+type HeldPositions = HashMap<Arc<str>, HashMap<i32, i64>>;
 
 /// An input record, decoded, on its way to its task.
 struct Bound {
@@ -59,7 +64,6 @@ struct Bound {
     timestamp: Option<Millis>,
     event: Event,
 }
-type Producer_ = ThreadedProducer<DeliveryContext>;
 
 /// Counts acknowledgements and failures of produced records, and remembers, per changelog
 /// partition, the offset after the last changelog record acknowledged.
@@ -381,7 +385,7 @@ impl Processor {
         for b in records {
             let task = self.tasks.get_mut(&partition).expect("a lane opens only for a task held here");
             let applied = task
-                .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), b.event, now)
+                .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), &b.event, now)
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
             self.metrics.shortcut.inc();
             match applied {
@@ -413,12 +417,12 @@ impl Processor {
         }
     }
 
-    /// Per input partition, the offset of the first record held: offsets are not committed
-    /// past it.
-    fn held_positions(&self) -> HashMap<(Arc<str>, i32), i64> {
-        let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    /// Per input topic and partition, the offset of the first record held: offsets are not
+    /// committed past it.
+    fn held_positions(&self) -> HeldPositions {
+        let mut first = HeldPositions::new();
         for b in self.shortcut.held() {
-            let e = first.entry((b.topic.clone(), b.partition)).or_insert(b.offset);
+            let e = first.entry(b.topic.clone()).or_default().entry(b.partition).or_insert(b.offset);
             *e = (*e).min(b.offset);
         }
         first
@@ -426,7 +430,7 @@ impl Processor {
 
     /// Whether there is work without new records: input waiting to be routed, or held.
     pub fn has_pending(&self) -> bool {
-        self.inputs.buffered() > 0 || self.shortcut.held().next().is_some()
+        self.inputs.buffered() > 0 || self.shortcut.holding()
     }
 
     /// Produces the receipts an applied record completed.
@@ -567,8 +571,7 @@ impl Processor {
         let held = self.held_positions();
         for (topic, partitions) in &self.routed {
             for (partition, offset) in partitions {
-                let first_held =
-                    if held.is_empty() { None } else { held.get(&(Arc::from(topic.as_str()), *partition)) };
+                let first_held = held.get(topic.as_str()).and_then(|p| p.get(partition));
                 let offset = first_held.map_or(*offset, |first| (*first).min(*offset));
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(offset)).map_err(RuntimeError::Produce)?;
             }
@@ -631,13 +634,14 @@ impl Processor {
 
     /// After a commit: input offsets committed in full are forgotten; those held back by a
     /// held record are committed again next time.
-    fn forget_routed(&mut self, held: &HashMap<(Arc<str>, i32), i64>) {
+    fn forget_routed(&mut self, held: &HeldPositions) {
         if held.is_empty() {
             self.routed.clear();
             return;
         }
         self.routed.retain(|topic, partitions| {
-            partitions.retain(|p, _| held.contains_key(&(Arc::from(topic.as_str()), *p)));
+            let held = held.get(topic.as_str());
+            partitions.retain(|p, _| held.is_some_and(|h| h.contains_key(p)));
             !partitions.is_empty()
         });
     }

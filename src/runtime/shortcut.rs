@@ -229,6 +229,11 @@ impl<T> Shortcut<T> {
         self.held >= MAX_HELD
     }
 
+    /// Whether any record is held.
+    pub fn holding(&self) -> bool {
+        self.held > 0
+    }
+
     /// Every record held now.
     pub fn held(&self) -> impl Iterator<Item = &T> {
         self.lanes.iter().flat_map(|l| l.held.iter())
@@ -256,10 +261,12 @@ mod tests {
         // Later ones wait for it.
         assert_eq!(s.route(0, Some(10), &acks, 2), Route::Held);
         assert_eq!(s.route(0, Some(10), &acks, 3), Route::Held);
+        assert!(s.holding());
         assert!(s.release(|_| Some(10), &acks).is_empty(), "not acknowledged yet");
         acks.report(0, Some(42));
         assert!(s.release(|_| Some(42), &acks).is_empty(), "the task has not consumed it yet");
         assert_eq!(s.release(|_| Some(43), &acks), vec![(0, vec![2, 3])]);
+        assert!(!s.holding());
         // Open: straight to the task, and it stays open.
         assert_eq!(s.route(0, Some(43), &acks, 4), Route::Apply(vec![4]));
         assert_eq!(s.route(0, Some(43), &acks, 5), Route::Apply(vec![5]));

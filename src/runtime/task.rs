@@ -76,7 +76,6 @@ pub struct TaskFigures {
 
 /// What one routed record did.
 pub struct Applied {
-    pub event: Event,
     pub source_timestamp: Millis,
     pub receipts: Vec<ReceiptComplete>,
 }
@@ -170,7 +169,7 @@ impl Task {
         self.next_offset = Some(offset + 1);
         self.uncommitted = true;
         let Routed { source, event } = envelope::decode(payload)?;
-        Ok(self.apply(&source.topic, source.partition, source.offset, source.timestamp, event, now)?)
+        Ok(self.apply(&source.topic, source.partition, source.offset, source.timestamp, &event, now)?)
     }
 
     /// Applies the event of input record `topic`/`partition`/`offset`, which reached the task
@@ -183,7 +182,7 @@ impl Task {
         partition: i32,
         offset: i64,
         source_timestamp: Millis,
-        event: Event,
+        event: &Event,
         now: Millis,
     ) -> Result<Option<Applied>, EngineError> {
         let applied = self.sources.get(topic).and_then(|t| t.partitions.get(&partition)).map(|p| p.0);
@@ -191,7 +190,7 @@ impl Task {
             self.skipped_duplicates += 1;
             return Ok(None);
         }
-        self.engine.apply(&event, now)?;
+        self.engine.apply(event, now)?;
         self.uncommitted = true;
         let positions = match self.sources.get_mut(topic) {
             Some(p) => p,
@@ -208,7 +207,7 @@ impl Task {
             entry.1 = true;
             self.dirty_sources.push((positions.topic.clone(), partition));
         }
-        Ok(Some(Applied { event, source_timestamp, receipts: self.engine.take_emitted() }))
+        Ok(Some(Applied { source_timestamp, receipts: self.engine.take_emitted() }))
     }
 
     pub fn tick(&mut self, now: Millis) -> Result<(), EngineError> {
