@@ -89,6 +89,10 @@ enum Command {
         sink: String,
         #[arg(long)]
         expect: u64,
+        /// Also measure how long after its due time (its timestamp) each record could be read
+        /// in SINK, leaving out the first SECS seconds: the transport floor for latency runs.
+        #[arg(long, value_name = "SECS")]
+        latency_warmup: Option<u64>,
     },
     /// Run the receipt engine over records from a JSON Lines file (no Kafka) and print
     /// every receipt_complete as JSON, one per line.
@@ -165,6 +169,10 @@ struct SimArgs {
     /// processor meanwhile, so that it subscribes before the chat begins).
     #[arg(long, default_value_t = 0)]
     start_after: u64,
+    /// Leave the receipts of reads due in the chat's first SECS seconds out of the latency
+    /// figures (they are still checked): a warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// Run every user as a chat client (needs --live; not with --check-only): one producer
     /// writes the room topics (messages, joins, leaves) open loop, and each user has its own
     /// consumer (group <room-prefix>user_<id>) on its rooms' topics and sends its reads once it
@@ -207,6 +215,7 @@ impl SimArgs {
             wait: std::time::Duration::from_secs(self.wait),
             exactly_once: self.exactly_once,
             start_after: std::time::Duration::from_secs(self.start_after),
+            warmup: std::time::Duration::from_secs(self.warmup),
             clients: self.clients,
             ready_file: self.ready_file.clone(),
         }
@@ -324,8 +333,9 @@ fn main() -> anyhow::Result<()> {
             allread::sim::run::run(&sim.options())?;
             Ok(())
         }
-        Command::Passthrough { bootstrap, room_pattern, read_topic, sink, expect } => {
-            allread::sim::run::passthrough(&bootstrap, &room_pattern, &read_topic, &sink, expect)
+        Command::Passthrough { bootstrap, room_pattern, read_topic, sink, expect, latency_warmup } => {
+            let latency = latency_warmup.map(std::time::Duration::from_secs);
+            allread::sim::run::passthrough(&bootstrap, &room_pattern, &read_topic, &sink, expect, latency)
         }
         Command::Replay { input, state_dir, room_prefix, read_topic } => {
             let reader: Box<dyn io::BufRead> = if input.as_os_str() == "-" {

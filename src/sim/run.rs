@@ -43,6 +43,11 @@ pub struct Options {
     /// Wait this long between creating the topics and writing the first event (so that a
     /// processor started meanwhile subscribes to the rooms before the chat begins).
     pub start_after: Duration,
+    /// Receipts completed by events due in the chat's first `warmup` (wall time) are checked
+    /// but left out of the latency figures: the broker's first writes to new topics stall it
+    /// for seconds on this kind of machine (see BENCHMARKS.md), which is not the steady state
+    /// a latency goal is about.
+    pub warmup: Duration,
     /// Every user is a chat client with its own consumer group, sending its reads when it
     /// has received the messages (needs `live`): see [`super::clients`].
     pub clients: bool,
@@ -345,8 +350,10 @@ impl Checker {
                     }
                     // From when the completing event was due, not when it happened to be sent:
                     // an open-loop measure, free of coordinated omission.
-                    let due = epoch + (r.completed_at as f64 / opts.speed) as i64;
-                    let _ = latency.record((s.arrived_ms - due).max(1) as u64);
+                    let since_start = (r.completed_at as f64 / opts.speed) as i64;
+                    if since_start >= opts.warmup.as_millis() as i64 {
+                        let _ = latency.record((s.arrived_ms - (epoch + since_start)).max(1) as u64);
+                    }
                 }
             }
         }
@@ -456,17 +463,42 @@ fn poll_receipts(
 
 /// The limit allread is measured against: a plain consume -> produce of the chat's topics to
 /// `sink`, with the same client settings as allread's, until `expect` records went through.
+/// Each record keeps its input timestamp (the simulator stamps the time it was due). With
+/// `latency` set, a second consumer reads `sink` meanwhile and reports how long after its
+/// due time each record could be read there, leaving out the records due in the first
+/// `warmup`: the transport floor under allread's read -> receipt latency at the same load.
 pub fn passthrough(
     bootstrap: &str,
     room_pattern: &str,
     read_topic: &str,
     sink: &str,
     expect: u64,
+    latency: Option<Duration>,
 ) -> anyhow::Result<()> {
     ensure_topics(
         &client(bootstrap),
         &[TopicSpec { name: sink.into(), partitions: 8, replication: 1, exact_partitions: false, config: vec![] }],
     )?;
+    let done = Arc::new(AtomicBool::new(false));
+    let measure = match latency {
+        None => None,
+        Some(warmup) => {
+            let consumer: BaseConsumer = client(bootstrap)
+                .set("group.id", format!("allread-passthrough-latency-{}", now_ms()))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create()
+                .context("creating the latency consumer")?;
+            consumer.subscribe(&[sink]).context("subscribing to the sink")?;
+            let done = done.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("sink-latency".into())
+                    .spawn(move || sink_latency(&consumer, expect, warmup, &done))
+                    .context("starting the latency thread")?,
+            )
+        }
+    };
     let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", format!("allread-passthrough-{}", now_ms()))
         .set("auto.offset.reset", "earliest")
@@ -492,6 +524,9 @@ pub fn passthrough(
         if let Some(k) = m.key() {
             record = record.key(k);
         }
+        if let Some(ts) = m.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
         crate::kafka::send(&producer, record)?;
         n += 1;
         if last_commit.elapsed() > Duration::from_millis(100) {
@@ -504,5 +539,58 @@ pub fn passthrough(
     let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
     eprintln!("passthrough: {n} records in {secs:.2} s ({:.0}/s)", n as f64 / secs);
     println!("RESULT records={n} seconds={secs:.3}");
+    if let Some(measure) = measure {
+        done.store(true, Ordering::Relaxed);
+        let h = measure.join().map_err(|_| anyhow::anyhow!("the latency thread panicked"))??;
+        if h.is_empty() {
+            bail!("no record after the warm-up reached the sink");
+        }
+        let q = |q: f64| h.value_at_quantile(q);
+        eprintln!(
+            "passthrough: due -> readable in the sink (ms, {} records after the warm-up): p50 {} p99 {} p99.9 {} max {}",
+            h.len(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            h.max()
+        );
+        println!("RESULT latency_p50_ms={} latency_p99_ms={} latency_p999_ms={}", q(0.5), q(0.99), q(0.999));
+    }
     Ok(())
+}
+
+/// The passthrough's latency thread: reads `expect` records from the sink (or stops 30 s after
+/// `done`), recording arrival minus record timestamp for those stamped at least `warmup` after
+/// the first one seen.
+fn sink_latency(
+    consumer: &BaseConsumer,
+    expect: u64,
+    warmup: Duration,
+    done: &AtomicBool,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("valid bounds");
+    let mut seen = 0u64;
+    let mut start: Option<i64> = None;
+    let mut deadline: Option<Instant> = None;
+    while seen < expect {
+        if deadline.is_none() && done.load(Ordering::Relaxed) {
+            deadline = Some(Instant::now() + Duration::from_secs(30));
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            eprintln!("passthrough: the latency consumer read {seen} of {expect} records");
+            break;
+        }
+        let m = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(m) => m.context("reading the sink")?,
+        };
+        let arrived = now_ms();
+        seen += 1;
+        let Some(ts) = m.timestamp().to_millis() else { continue };
+        let start = *start.get_or_insert(ts);
+        if ts >= start + warmup.as_millis() as i64 {
+            let _ = h.record((arrived - ts).max(1) as u64);
+        }
+    }
+    Ok(h)
 }
