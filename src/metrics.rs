@@ -63,6 +63,16 @@ pub struct Metrics {
     /// Routing rounds that went ahead after `max_task_idle_ms` although an input partition
     /// still had records to fetch (input possibly out of timestamp order).
     pub enforced_routing: IntCounter,
+    /// Input records polled and waiting to be routed in timestamp order.
+    pub buffered_inputs: IntGauge,
+    /// Routed records held until their task's repartition partition is caught up.
+    pub held_records: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("registered once");
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -255,6 +265,16 @@ impl Metrics {
                 &r,
                 "allread_enforced_routing_total",
                 "Routing rounds that stopped waiting for a lagging input partition after processing.max_task_idle_ms.",
+            ),
+            buffered_inputs: gauge(
+                &r,
+                "allread_buffered_input_records",
+                "Input records polled and waiting to be routed in timestamp order.",
+            ),
+            held_records: gauge(
+                &r,
+                "allread_held_records",
+                "Routed records held until their task's repartition partition is caught up (the local shortcut).",
             ),
             registry: r,
         };

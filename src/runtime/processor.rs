@@ -999,6 +999,8 @@ impl Processor {
     pub fn update_gauges(&self) {
         self.metrics.tasks.set(self.tasks.len() as i64);
         self.metrics.restoring_tasks.set(self.restoring() as i64);
+        self.metrics.buffered_inputs.set(self.inputs.buffered() as i64);
+        self.metrics.held_records.set(self.shortcut.held_count() as i64);
         let m = &self.metrics;
         for (partition, task) in &self.tasks {
             let label = partition.to_string();

@@ -68,7 +68,10 @@ impl Acks {
 
 /// While this many records are held, routing waits (input records stay buffered): under a
 /// backlog the router runs ahead of the tasks, and the lanes open once the tasks have caught
-/// up with the repartition topic.
+/// up with the repartition topic. It is checked once per processing round, and a round routes
+/// everything ready, so more can be held: at the start of the 5M-event benchmark chat, with the
+/// barriers behind librdkafka's prefetched input, 950,000 were for a few seconds
+/// (`allread_held_records`; BENCHMARKS.md says what capping it cost).
 pub const MAX_HELD: usize = 100_000;
 
 struct Lane<T> {
@@ -222,6 +225,11 @@ impl<T> Shortcut<T> {
             }
         }
         self.held = 0;
+    }
+
+    /// How many records are held.
+    pub fn held_count(&self) -> usize {
+        self.held
     }
 
     /// Whether routing should wait for the tasks to catch up (see [`MAX_HELD`]).
