@@ -467,6 +467,7 @@ fn poll_receipts(
 /// `latency` set, a second consumer reads `sink` meanwhile and reports how long after its
 /// due time each record could be read there, leaving out the records due in the first
 /// `warmup`: the transport floor under allread's read -> receipt latency at the same load.
+/// (The simulator stamps chat time: the chat must run at `--speed 1` for this to hold.)
 pub fn passthrough(
     bootstrap: &str,
     room_pattern: &str,
