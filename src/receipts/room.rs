@@ -4,10 +4,11 @@
 //! (`Dirty`), when the caller commits. The in-memory indexes (`by_pos`, `pending_ids`,
 //! `with_readers`, `parked_by_user`) are derived on load and never stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::event::{Id, Millis, ReadScope};
 use super::persist::{self, MemberV1, MetaV1, ParkedReadV1, ParkedV1, PendingV1, RoomEntry};
+use super::{HashMap, HashSet};
 use crate::store::{KvStore, StoreError, WriteBatch};
 
 #[derive(Debug, Clone)]
@@ -84,14 +85,14 @@ impl Room {
             id,
             last_seq: 0,
             next_park_seq: 0,
-            members: HashMap::new(),
+            members: HashMap::default(),
             by_pos: BTreeSet::new(),
             pending: BTreeMap::new(),
-            pending_ids: HashMap::new(),
+            pending_ids: HashMap::default(),
             with_readers: BTreeSet::new(),
-            parked: HashMap::new(),
-            parked_by_user: HashMap::new(),
-            parked_persisted: HashSet::new(),
+            parked: HashMap::default(),
+            parked_by_user: HashMap::default(),
+            parked_persisted: HashSet::default(),
             dirty: Dirty::default(),
             listed_dirty: false,
             meta_persisted: false,

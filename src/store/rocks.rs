@@ -116,6 +116,9 @@ impl RocksStore {
         if let Some(kp) = tuning.key_prefix {
             opts.set_prefix_extractor(prefix_transform(kp));
             opts.set_memtable_prefix_bloom_ratio(0.1);
+            // Whole keys too: most point lookups (a new message's marker) miss, and the room's
+            // prefix alone is in the memtable, so without this each miss searched its skiplist.
+            opts.set_memtable_whole_key_filtering(true);
         }
         let db = DB::open(&opts, &path).map_err(engine_err)?;
         Ok(Self { db, key_prefix: tuning.key_prefix, path, sync_writes: tuning.sync_writes })
