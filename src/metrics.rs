@@ -177,11 +177,7 @@ impl Metrics {
                 "Consumer group rebalance callbacks, by kind.",
                 "kind",
             ),
-            tasks: {
-                let g = IntGauge::new("allread_tasks", "Tasks assigned to this instance.").expect("valid metric");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+            tasks: gauge(&r, "allread_tasks", "Tasks assigned to this instance."),
             pending_messages: gauge_vec(
                 &r,
                 "allread_pending_messages",
@@ -213,15 +209,11 @@ impl Metrics {
                 "Bytes of all memtables of a task's store.",
                 "task",
             ),
-            rocksdb_block_cache_bytes: {
-                let g = IntGauge::new(
-                    "allread_rocksdb_block_cache_bytes",
-                    "Bytes in use in the block cache shared by all tasks, the memtables charged to it included ([rocksdb] memory_bytes bounds it).",
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+            rocksdb_block_cache_bytes: gauge(
+                &r,
+                "allread_rocksdb_block_cache_bytes",
+                "Bytes in use in the block cache shared by all tasks, the memtables charged to it included ([rocksdb] memory_bytes bounds it).",
+            ),
             consumer_lag: gauge_vec(
                 &r,
                 "allread_consumer_lag_records",
@@ -255,12 +247,7 @@ impl Metrics {
                 "Changelog records a restoring task has still to apply (0 once restored).",
                 "task",
             ),
-            restoring_tasks: {
-                let g = IntGauge::new("allread_restoring_tasks", "Tasks catching up from their changelogs.")
-                    .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+            restoring_tasks: gauge(&r, "allread_restoring_tasks", "Tasks catching up from their changelogs."),
             enforced_routing: counter(
                 &r,
                 "allread_enforced_routing_total",

@@ -19,11 +19,12 @@ pub mod view;
 
 pub use config::EngineConfig;
 
+pub use engine::{Engine, EngineError};
+pub use event::{Event, Id, Millis, ReadScope, ReceiptComplete};
+pub use outcome::Outcomes;
+
 /// The engine's hash maps use foldhash (hashbrown's default hasher, seeded at random per
 /// process) instead of std's SipHash: keys are short ids hashed several times per event, and
 /// SipHash was 4% of the processing thread in a profile of the 5M-event benchmark chat.
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-pub use engine::{Engine, EngineError};
-pub use event::{Event, Id, Millis, ReadScope, ReceiptComplete};
-pub use outcome::Outcomes;

@@ -368,19 +368,7 @@ impl Checker {
             report.expected, report.received, report.missing, report.unexpected, report.wrong, report.duplicates
         );
         if opts.live && !latency.is_empty() {
-            eprintln!(
-                "check: read -> receipt latency (ms, from when the completing event was due): p50 {} p99 {} p99.9 {} max {}",
-                latency.value_at_quantile(0.5),
-                latency.value_at_quantile(0.99),
-                latency.value_at_quantile(0.999),
-                latency.max()
-            );
-            println!(
-                "RESULT latency_p50_ms={} latency_p99_ms={} latency_p999_ms={}",
-                latency.value_at_quantile(0.5),
-                latency.value_at_quantile(0.99),
-                latency.value_at_quantile(0.999)
-            );
+            print_latency("check: read -> receipt latency (ms, from when the completing event was due)", &latency);
         }
         println!(
             "RESULT events={} expected={} received={} missing={} unexpected={} wrong={} duplicates={} first_receipt_ms={} last_receipt_ms={}",
@@ -546,18 +534,17 @@ pub fn passthrough(
         if h.is_empty() {
             bail!("no record after the warm-up reached the sink");
         }
-        let q = |q: f64| h.value_at_quantile(q);
-        eprintln!(
-            "passthrough: due -> readable in the sink (ms, {} records after the warm-up): p50 {} p99 {} p99.9 {} max {}",
-            h.len(),
-            q(0.5),
-            q(0.99),
-            q(0.999),
-            h.max()
-        );
-        println!("RESULT latency_p50_ms={} latency_p99_ms={} latency_p999_ms={}", q(0.5), q(0.99), q(0.999));
+        let what = format!("passthrough: due -> readable in the sink (ms, {} records after the warm-up)", h.len());
+        print_latency(&what, &h);
     }
     Ok(())
+}
+
+/// A latency histogram (ms) for people on stderr and as the `RESULT` line `scripts/bench` parses.
+fn print_latency(what: &str, h: &Histogram<u64>) {
+    let q = |q: f64| h.value_at_quantile(q);
+    eprintln!("{what}: p50 {} p99 {} p99.9 {} max {}", q(0.5), q(0.99), q(0.999), h.max());
+    println!("RESULT latency_p50_ms={} latency_p99_ms={} latency_p999_ms={}", q(0.5), q(0.99), q(0.999));
 }
 
 /// The passthrough's latency thread: reads `expect` records from the sink (or stops 30 s after
