@@ -134,6 +134,9 @@ impl DeliveryContext {
 /// How long a transactional call may block before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the shortcut's probe of a repartition partition may block the processing loop.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The producer of every record allread writes, transactional under `exactly_once`.
 fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Producer_, RuntimeError> {
     let mut c = base_client_config(cfg);
@@ -185,6 +188,9 @@ pub struct Processor {
     /// partition EOF on.
     restorer: ChangelogReader,
     restores: BTreeMap<i32, Restore>,
+    /// Reads the repartition topic's high watermarks for the shortcut's probe: never in a
+    /// group, `read_uncommitted` (records of open transactions count; see `shortcut`).
+    probe: BaseConsumer,
     /// Input records waiting to be routed in timestamp order.
     inputs: InputBuffer,
     /// Which local tasks input records may reach without the repartition topic.
@@ -230,7 +236,13 @@ impl Processor {
             &cfg.changelog_topic(),
         )
         .map_err(RuntimeError::Client)?;
+        let probe = {
+            let mut c = with_consumer_passthrough(base_client_config(&cfg), &cfg);
+            c.remove("group.id").remove("group.instance.id").set("isolation.level", "read_uncommitted");
+            c.create().map_err(RuntimeError::Client)?
+        };
         Ok(Processor {
+            probe,
             limits: cfg.decode_limits(),
             repartition: cfg.repartition_topic(),
             changelog: cfg.changelog_topic(),
@@ -338,6 +350,10 @@ impl Processor {
                 let timestamp = m.timestamp().to_millis();
                 let bound = Bound { topic, partition: m.partition(), offset: m.offset(), timestamp, event };
                 let position = self.tasks.get(&partition).filter(|t| !t.restoring).map(Task::lane_position);
+                if position.is_some() && self.shortcut.wants_probe(partition, &self.producer.context().acks) {
+                    let drained = self.repartition_drained(partition);
+                    self.shortcut.probed(partition, drained);
+                }
                 match self.shortcut.route(partition, position, &self.producer.context().acks, bound) {
                     Route::Apply(records) => self.apply_local(partition, records, now)?,
                     Route::Send(records) => self.send_routed(partition, records)?,
@@ -356,6 +372,24 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// Whether repartition partition `partition` holds nothing its local task has not
+    /// consumed: its high watermark, read from the broker now, is at the task's position (or,
+    /// for a task that has consumed nothing, at the low watermark). One request, once per
+    /// lane closure (see `shortcut`); a failed one answers no, and the barrier is sent.
+    fn repartition_drained(&self, partition: i32) -> bool {
+        let Some(task) = self.tasks.get(&partition) else { return false };
+        match self.probe.fetch_watermarks(&self.repartition, partition, PROBE_TIMEOUT) {
+            Ok((low, high)) => match task.position() {
+                Some(position) => high <= position,
+                None => high <= low,
+            },
+            Err(e) => {
+                warn!(task = partition, error = %e, "reading the repartition partition's watermarks; the shortcut waits for a barrier");
+                false
+            }
+        }
     }
 
     /// Records bound for task `partition` -> the repartition topic.
