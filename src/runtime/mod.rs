@@ -33,6 +33,7 @@ pub use processor::now_ms;
 
 use self::context::RuntimeContext;
 use self::processor::Processor;
+use self::router::{Polled, TopicNames};
 use crate::config::{Config, ConfigError, Guarantee};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::partitioner::partition_for;
@@ -285,6 +286,7 @@ fn process_until(
     // Consecutive rewinds without a successful commit: each waits longer, so a failure that
     // persists (broker away, fenced again) is retried calmly instead of in a tight loop.
     let mut failures = 0u32;
+    let mut topics = TopicNames::default();
     while !shutdown.load(Ordering::Relaxed) {
         // Poll without holding the lock: rebalance callbacks take it.
         let mut batch = Vec::new();
@@ -292,7 +294,7 @@ fn process_until(
         while batch.len() < max_records {
             match consumer.poll(timeout) {
                 None => break,
-                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Ok(m)) => batch.push(Polled::new(&m, &mut topics)),
                 Some(Err(e)) => {
                     // Broker down, topic not there yet: librdkafka retries; say so now and then.
                     if last_consumer_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {

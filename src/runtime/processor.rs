@@ -23,21 +23,22 @@
 //! consumer (no group, `read_committed`) replays their changelog partition from the local
 //! store's changelog offset to the end; tasks already restored keep processing meanwhile.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, info_span, warn};
 
 use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
-use super::router::{Backlog, InputBuffer};
+use super::router::{Backlog, InputBuffer, Polled};
 use super::shortcut::{Acks, Route, Shortcut};
 use super::task::{Applied, ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
@@ -195,8 +196,10 @@ pub struct Processor {
     inputs: InputBuffer,
     /// Which local tasks input records may reach without the repartition topic.
     shortcut: Shortcut<Bound>,
-    /// Input topic names, shared by the records bound for a task.
-    topic_names: HashSet<Arc<str>>,
+    /// `allread_input_records_total` and `allread_input_bytes_total` of the room topics and of
+    /// the read topic, looked up once rather than by label for every record.
+    room_input: (IntCounter, IntCounter),
+    read_input: (IntCounter, IntCounter),
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: HashMap<String, HashMap<i32, i64>>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
@@ -248,7 +251,14 @@ impl Processor {
             changelog: cfg.changelog_topic(),
             dlq: cfg.dlq_topic(),
             shortcut: Shortcut::new(cfg.processing.local_shortcut, cfg.topics.partitions as usize),
-            topic_names: HashSet::new(),
+            room_input: (
+                metrics.input_records.with_label_values(&["room"]),
+                metrics.input_bytes.with_label_values(&["room"]),
+            ),
+            read_input: (
+                metrics.input_records.with_label_values(&["read"]),
+                metrics.input_bytes.with_label_values(&["read"]),
+            ),
             cfg,
             producer,
             transactional_id,
@@ -301,11 +311,11 @@ impl Processor {
     }
 
     /// Routes what can be routed (see `router`) and processes one batch of polled records.
-    pub fn handle_batch(&mut self, consumer: &Consumer_, records: Vec<OwnedMessage>) -> Result<(), RuntimeError> {
+    pub fn handle_batch(&mut self, consumer: &Consumer_, records: Vec<Polled>) -> Result<(), RuntimeError> {
         let now = now_ms();
         let mut repartitioned = Vec::new();
         for m in records {
-            if self.is_repartition(m.topic()) {
+            if self.is_repartition(&m.topic) {
                 repartitioned.push(m);
             } else {
                 self.inputs.push(m);
@@ -329,26 +339,23 @@ impl Processor {
 
     /// Input record -> its task, directly if the task is here and its lane is open (see
     /// `shortcut`), else through the repartition topic (by room); or -> dead letters.
-    fn route(&mut self, m: &OwnedMessage, now: Millis) -> Result<(), RuntimeError> {
-        let topic = m.topic();
-        let payload = m.payload().unwrap_or(&[]);
-        let source = if topic == self.cfg.topics.read { "read" } else { "room" };
-        self.metrics.input_records.with_label_values(&[source]).inc();
-        self.metrics.input_bytes.with_label_values(&[source]).inc_by(payload.len() as u64);
+    fn route(&mut self, m: &Polled, now: Millis) -> Result<(), RuntimeError> {
+        let topic = &*m.topic;
+        let payload = m.payload();
+        let (records, bytes) = if topic == self.cfg.topics.read { &self.read_input } else { &self.room_input };
+        records.inc();
+        bytes.inc_by(payload.len() as u64);
         let topics = &self.cfg.topics;
         match codec::decode_input(topic, &topics.read, &topics.room_prefix, payload, &self.limits) {
             Ok(event) => {
                 let partition = partition_for(event.room_id().as_bytes(), self.cfg.topics.partitions);
-                let topic = match self.topic_names.get(topic) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t: Arc<str> = Arc::from(topic);
-                        self.topic_names.insert(t.clone());
-                        t
-                    }
+                let bound = Bound {
+                    topic: m.topic.clone(),
+                    partition: m.partition,
+                    offset: m.offset,
+                    timestamp: m.timestamp,
+                    event,
                 };
-                let timestamp = m.timestamp().to_millis();
-                let bound = Bound { topic, partition: m.partition(), offset: m.offset(), timestamp, event };
                 let position = self.tasks.get(&partition).filter(|t| !t.restoring).map(Task::lane_position);
                 if position.is_some() && self.shortcut.wants_probe(partition, &self.producer.context().acks) {
                     let drained = self.repartition_drained(partition);
@@ -365,10 +372,10 @@ impl Processor {
         // Looked up by &str: no allocation per record once the topic is known.
         match self.routed.get_mut(topic) {
             Some(partitions) => {
-                partitions.insert(m.partition(), m.offset() + 1);
+                partitions.insert(m.partition, m.offset + 1);
             }
             None => {
-                self.routed.insert(topic.to_string(), HashMap::from([(m.partition(), m.offset() + 1)]));
+                self.routed.insert(topic.to_string(), HashMap::from([(m.partition, m.offset + 1)]));
             }
         }
         Ok(())
@@ -485,18 +492,18 @@ impl Processor {
 
     /// The record, unchanged, to `<application_id>-dlq`, with headers saying where it came
     /// from and why it was rejected. Its content is never logged.
-    fn dead_letter(&mut self, m: &OwnedMessage, e: &DecodeError) -> Result<(), RuntimeError> {
+    fn dead_letter(&mut self, m: &Polled, e: &DecodeError) -> Result<(), RuntimeError> {
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = m.headers() {
+        if let Some(original) = &m.headers {
             for h in original.iter() {
                 headers = headers.insert(Header { key: h.key, value: h.value });
             }
         }
-        let partition = m.partition().to_string();
-        let offset = m.offset().to_string();
+        let partition = m.partition.to_string();
+        let offset = m.offset.to_string();
         let message = e.to_string();
         for (key, value) in [
-            ("allread.source.topic", m.topic()),
+            ("allread.source.topic", &*m.topic),
             ("allread.source.partition", partition.as_str()),
             ("allread.source.offset", offset.as_str()),
             ("allread.error.kind", e.kind()),
@@ -506,25 +513,25 @@ impl Processor {
         }
         let dlq = self.dlq.clone();
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
-        if let Some(key) = m.key() {
+        if let Some(key) = &m.key {
             record = record.key(key);
         }
-        if let Some(payload) = m.payload() {
+        if let Some(payload) = &m.payload {
             record = record.payload(payload);
         }
-        if let Some(ts) = m.timestamp().to_millis() {
+        if let Some(ts) = m.timestamp {
             record = record.timestamp(ts);
         }
         self.send(record)?;
-        warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = e.kind(), error = %e, "dead-lettered an undecodable record");
+        warn!(topic = &*m.topic, partition = m.partition, offset = m.offset, kind = e.kind(), error = %e, "dead-lettered an undecodable record");
         self.metrics.dead_lettered.inc();
         self.metrics.decode_failures.with_label_values(&[e.kind()]).inc();
         Ok(())
     }
 
     /// Repartition record -> its task -> receipts.
-    fn process(&mut self, m: &OwnedMessage, now: Millis) -> Result<(), RuntimeError> {
-        let partition = m.partition();
+    fn process(&mut self, m: &Polled, now: Millis) -> Result<(), RuntimeError> {
+        let partition = m.partition;
         let Some(task) = self.tasks.get_mut(&partition) else {
             debug!(partition, "record of a task no longer assigned here; skipped");
             return Ok(());
@@ -533,7 +540,7 @@ impl Processor {
             // Fetched before the partition was paused; re-read once the task is restored.
             return Ok(());
         }
-        match task.process(m.offset(), m.payload().unwrap_or(&[]), now) {
+        match task.process(m.offset, m.payload(), now) {
             Ok(None) => {
                 self.metrics.duplicates_skipped.inc();
                 Ok(())
@@ -543,7 +550,7 @@ impl Processor {
                 let _task = info_span!("task", task = partition).entered();
                 // Only allread writes this topic; a record it cannot read is a bug or a
                 // foreign writer. Count it loudly and go on.
-                error!(partition, offset = m.offset(), error = %e, "skipping a corrupt repartition record");
+                error!(partition, offset = m.offset, error = %e, "skipping a corrupt repartition record");
                 self.metrics.corrupt_repartition_records.inc();
                 Ok(())
             }
@@ -762,11 +769,11 @@ impl Processor {
         self.kafka_committed.clear();
         match consumer.assignment().and_then(|a| consumer.committed_offsets(a, Duration::from_secs(10))) {
             Ok(committed) => {
-                let positions: HashMap<(String, i32), i64> = committed
+                let positions: HashMap<(Arc<str>, i32), i64> = committed
                     .elements()
                     .iter()
                     .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                        Offset::Offset(o) => Some(((Arc::from(e.topic()), e.partition()), o)),
                         _ => None,
                     })
                     .collect();

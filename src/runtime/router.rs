@@ -11,16 +11,69 @@
 //! unfetched records holds routing back until it is fetched, or for at most `max_idle`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 
-type Key = (String, i32);
+type Key = (Arc<str>, i32);
+
+/// A record taken from the consumer, copied once out of librdkafka's buffer: what routing,
+/// the tasks and the dead-letter topic read of it. Unlike rdkafka's `OwnedMessage` it does
+/// not carry a `String` of its topic (topics are shared, see [`TopicNames`]): under a backlog
+/// the router holds hundreds of thousands of these, and each copy of a topic name was one
+/// more allocation per record.
+#[derive(Debug)]
+pub struct Polled {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, if the record has a timestamp.
+    pub timestamp: Option<i64>,
+    pub key: Option<Box<[u8]>>,
+    pub payload: Option<Box<[u8]>>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+impl Polled {
+    pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Polled {
+        Polled {
+            topic: topics.get(m.topic()),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key: m.key().map(Box::from),
+            payload: m.payload().map(Box::from),
+            headers: m.headers().map(|h| h.detach()),
+        }
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or(&[])
+    }
+}
+
+/// The topic names records came from, one shared copy of each.
+#[derive(Default)]
+pub struct TopicNames(HashSet<Arc<str>>);
+
+impl TopicNames {
+    pub fn get(&mut self, topic: &str) -> Arc<str> {
+        match self.0.get(topic) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(topic);
+                self.0.insert(t.clone());
+                t
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct Part {
-    queue: VecDeque<OwnedMessage>,
+    queue: VecDeque<Polled>,
     /// The offset after the last record polled (or the committed offset), if known.
     next: Option<i64>,
     /// The last answer of `Backlog::has_more` for `next`, and when it was asked. Asking costs
@@ -70,18 +123,18 @@ pub trait Backlog {
 /// Kafka Streams does for unknown lag, until its first fetch, within reason.
 pub const FIRST_FETCH_PATIENCE: Duration = Duration::from_secs(10);
 
-fn timestamp(m: &OwnedMessage) -> i64 {
-    m.timestamp().to_millis().unwrap_or(0)
+fn timestamp(m: &Polled) -> i64 {
+    m.timestamp.unwrap_or(0)
 }
 
 impl InputBuffer {
     pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
-        let old = self.parts.insert((topic.to_string(), partition), Part { queue: VecDeque::new(), next, more: None });
+        let old = self.parts.insert((Arc::from(topic), partition), Part { queue: VecDeque::new(), next, more: None });
         self.buffered -= old.map_or(0, |p| p.queue.len());
     }
 
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        let old = self.parts.remove(&(topic.to_string(), partition));
+        let old = self.parts.remove(&(Arc::from(topic), partition));
         self.buffered -= old.map_or(0, |p| p.queue.len());
     }
 
@@ -97,9 +150,9 @@ impl InputBuffer {
         self.waiting_since = None;
     }
 
-    pub fn push(&mut self, m: OwnedMessage) {
-        let part = self.parts.entry((m.topic().to_string(), m.partition())).or_default();
-        part.next = Some(m.offset() + 1);
+    pub fn push(&mut self, m: Polled) {
+        let part = self.parts.entry((m.topic.clone(), m.partition)).or_default();
+        part.next = Some(m.offset + 1);
         part.more = None;
         part.queue.push_back(m);
         self.buffered += 1;
@@ -112,7 +165,7 @@ impl InputBuffer {
     /// The records that can be routed now, in timestamp order (each partition's own order
     /// kept), and whether routing went ahead without waiting any longer for a lagging
     /// partition (after `max_idle`).
-    pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<OwnedMessage>, bool) {
+    pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<Polled>, bool) {
         if self.buffered == 0 {
             self.waiting_since = None;
             return (Vec::new(), false);
@@ -162,11 +215,9 @@ impl InputBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Timestamp;
-    use std::collections::HashSet;
 
-    fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> OwnedMessage {
-        OwnedMessage::new(None, None, topic.into(), Timestamp::CreateTime(ts), partition, offset, None)
+    fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> Polled {
+        Polled { topic: topic.into(), partition, offset, timestamp: Some(ts), key: None, payload: None, headers: None }
     }
 
     /// Partitions with records left on the broker.
@@ -177,8 +228,8 @@ mod tests {
         }
     }
 
-    fn offsets(out: &[OwnedMessage]) -> Vec<(String, i64)> {
-        out.iter().map(|m| (m.topic().to_string(), m.offset())).collect()
+    fn offsets(out: &[Polled]) -> Vec<(String, i64)> {
+        out.iter().map(|m| (m.topic.to_string(), m.offset)).collect()
     }
 
     #[test]
