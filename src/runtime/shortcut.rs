@@ -84,8 +84,9 @@ impl Acks {
 /// backlog the router runs ahead of the tasks, and the lanes open once the tasks have caught
 /// up with the repartition topic. It is checked once per processing round, and a round routes
 /// everything ready, so more can be held: at the start of the 5M-event benchmark chat, with the
-/// barriers behind librdkafka's prefetched input, 950,000 were for a few seconds
-/// (`allread_held_records`; BENCHMARKS.md says what capping it cost).
+/// barriers behind librdkafka's prefetched input, 950,000 were for a few seconds before lanes
+/// were probed (a new deployment now needs no barrier); a restart with records left in the
+/// repartition topic still can (`allread_held_records`; BENCHMARKS.md says what capping it cost).
 pub const MAX_HELD: usize = 100_000;
 
 struct Lane<T> {
