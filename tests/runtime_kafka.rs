@@ -220,6 +220,15 @@ fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
     assert!(routed < shortcut, "only records routed while a task restored (and what waited for them) go the long way");
 }
 
+/// Reads `out` until every receipt `w` expects is in (and 2 s more): exactly those, each once.
+fn expect_exactly(out: &Reader, w: &Workload, allread: &common::Allread) {
+    let mut got = out.read(w.expected.len(), WAIT);
+    got.extend(out.drain(Duration::from_secs(2)));
+    let (set, count) = receipt_set(&got);
+    assert_eq!(set, w.expected, "log: {}", allread.log_text());
+    assert_eq!(count, set.len(), "no receipt twice");
+}
+
 /// Waits until `/readyz` answers 200: every task is assigned and restored.
 fn await_ready(port: u16, allread: &common::Allread) {
     let deadline = std::time::Instant::now() + WAIT;
@@ -243,12 +252,7 @@ fn a_new_deployment_sends_no_barrier_every_record_takes_the_shortcut() {
     // The new room topics are assigned before anything is read in them.
     w.await_members(&[s.http_port], WAIT);
     w.produce_all(&s, &chat);
-    let out = Reader::new(&s.bootstrap, &s.output);
-    let mut got = out.read(w.expected.len(), WAIT);
-    got.extend(out.drain(Duration::from_secs(2)));
-    let (set, count) = receipt_set(&got);
-    assert_eq!(set, w.expected, "log: {}", allread.log_text());
-    assert_eq!(count, set.len());
+    expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
     let metric = |name| common::metric(&text, name).unwrap_or(-1.0);
     assert_eq!(metric("allread_routed_records_total"), 0.0, "nothing crossed the repartition topic");
@@ -316,11 +320,7 @@ fn an_open_transaction_in_the_repartition_topic_keeps_the_shortcut_shut_until_it
     assert_eq!(metric(&text, "allread_shortcut_records_total"), 0.0, "{text}");
 
     other.commit_transaction(WAIT).unwrap();
-    let mut got = out.read(w.expected.len(), WAIT);
-    got.extend(out.drain(Duration::from_secs(2)));
-    let (set, count) = receipt_set(&got);
-    assert_eq!(set, w.expected, "log: {}", allread.log_text());
-    assert_eq!(count, set.len());
+    expect_exactly(&out, &w, &allread);
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
     assert!(metric(&text, "allread_shortcut_records_total") > 0.0, "the lanes opened once the barriers were read");
     assert_eq!(
