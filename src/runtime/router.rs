@@ -11,11 +11,14 @@
 //! unfetched records holds routing back until it is fetched, or for at most `max_idle`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
+
+// Every polled record is looked up in both maps: foldhash, as the engine's maps, not SipHash.
+use crate::receipts::{HashMap, HashSet};
 
 type Key = (Arc<str>, i32);
 
@@ -140,7 +143,7 @@ impl InputBuffer {
 
     /// Drops every buffered record (the consumer was rewound) and sets each partition's
     /// position from `positions`.
-    pub fn reset(&mut self, positions: &HashMap<Key, i64>) {
+    pub fn reset(&mut self, positions: &std::collections::HashMap<Key, i64>) {
         for (key, part) in self.parts.iter_mut() {
             part.queue.clear();
             part.next = positions.get(key).copied();
@@ -215,6 +218,7 @@ impl InputBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, HashSet};
 
     fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> Polled {
         Polled { topic: topic.into(), partition, offset, timestamp: Some(ts), key: None, payload: None, headers: None }
