@@ -176,7 +176,7 @@ fn undecodable_records_are_dead_lettered_with_headers_and_the_rest_completes() {
     let _allread = s.start();
     let chat = Chat::new(&s.bootstrap);
     chat.json(&room, "r", &join("a"));
-    chat.send(&room, "r", "not json at all");
+    chat.send_with_headers(&room, "r", "not json at all", &[("trace-id", "t-1")]);
     chat.json(&room, "r", &join("b"));
     chat.send(&room, "r", r#"{"type":"typing","user_id":"a","at":1}"#);
     chat.json(&room, "r", &json!({"type": "join", "room_id": "elsewhere", "user_id": "c", "at": 1}));
@@ -206,6 +206,7 @@ fn undecodable_records_are_dead_lettered_with_headers_and_the_rest_completes() {
     let garbage = &by_kind["not_json"];
     assert_eq!(garbage.payload, b"not json at all", "the record is dead-lettered unchanged");
     assert_eq!(garbage.key.as_deref(), Some("r"));
+    assert_eq!(garbage.header("trace-id"), Some("t-1"), "the producer's own headers are kept");
     assert_eq!(garbage.header("allread.source.topic"), Some(room.as_str()));
     assert_eq!(garbage.header("allread.source.partition"), Some("0"));
     assert_eq!(garbage.header("allread.source.offset"), Some("1"));

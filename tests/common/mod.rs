@@ -236,6 +236,18 @@ impl Chat {
         self.producer.send(BaseRecord::to(topic).key(key).payload(value)).map_err(|(e, _)| e).expect("producing");
     }
 
+    /// Sends with the producer's own headers, as a chat client that traces its requests would.
+    pub fn send_with_headers(&self, topic: &str, key: &str, value: &str, headers: &[(&str, &str)]) {
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header { key: k, value: Some(*v) });
+        }
+        self.producer
+            .send(BaseRecord::to(topic).key(key).payload(value).headers(h))
+            .map_err(|(e, _)| e)
+            .expect("producing");
+    }
+
     pub fn json(&self, topic: &str, key: &str, value: &Value) {
         self.send(topic, key, &value.to_string());
     }
