@@ -769,7 +769,7 @@ impl Processor {
         self.kafka_committed.clear();
         match consumer.assignment().and_then(|a| consumer.committed_offsets(a, Duration::from_secs(10))) {
             Ok(committed) => {
-                let positions: HashMap<(Arc<str>, i32), i64> = committed
+                let positions: crate::receipts::HashMap<(Arc<str>, i32), i64> = committed
                     .elements()
                     .iter()
                     .filter_map(|e| match e.offset() {
@@ -792,7 +792,7 @@ impl Processor {
                 }
             }
             Err(e) => {
-                self.inputs.reset(&HashMap::new());
+                self.inputs.reset(&Default::default());
                 warn!(error = %e, "reading committed offsets failed; input may be re-read from later positions")
             }
         }

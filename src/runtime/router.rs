@@ -143,7 +143,7 @@ impl InputBuffer {
 
     /// Drops every buffered record (the consumer was rewound) and sets each partition's
     /// position from `positions`.
-    pub fn reset(&mut self, positions: &std::collections::HashMap<Key, i64>) {
+    pub fn reset(&mut self, positions: &HashMap<Key, i64>) {
         for (key, part) in self.parts.iter_mut() {
             part.queue.clear();
             part.next = positions.get(key).copied();
@@ -218,7 +218,7 @@ impl InputBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashSet;
 
     fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> Polled {
         Polled { topic: topic.into(), partition, offset, timestamp: Some(ts), key: None, payload: None, headers: None }
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         b.push(record("reads", 1, 1, 2));
         assert_eq!(b.buffered(), 1);
-        b.reset(&HashMap::new());
+        b.reset(&Default::default());
         assert_eq!(b.buffered(), 0);
         b.revoke("reads", 1);
         b.revoke("quiet-room", 0);
