@@ -66,6 +66,16 @@ pub fn base_client_config(cfg: &Config) -> ClientConfig {
     c
 }
 
+/// How long librdkafka postpones the next fetch of a partition whose prefetch queue is full
+/// (`fetch.queue.backoff.ms`), for consumers of input: allread's own and the passthrough it
+/// is measured against. librdkafka's default, 1,000 ms, suits a consumer that takes records
+/// in fetch order. allread routes in timestamp order across its input partitions, so when the
+/// buffered records of one partition run out while that partition's next fetch is postponed,
+/// routing waits for it: up to a second at a time, several times a second under a backlog of
+/// 1,008 input partitions, with the processing thread idle (BENCHMARKS.md). Fetching again
+/// within 10 ms costs librdkafka's fetcher a few wake-ups. A `kafka.*` setting overrides it.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// The passthrough properties that apply to a producer (or an admin client, which librdkafka
 /// builds on one): consumer-only properties are left out, so that setting one for the
 /// consumer does not make librdkafka warn about it on every other client.

@@ -220,6 +220,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
                 .set("auto.offset.reset", "earliest")
                 .set("isolation.level", "read_committed")
                 .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("fetch.queue.backoff.ms", crate::kafka::FETCH_QUEUE_BACKOFF_MS)
                 .set("topic.metadata.refresh.interval.ms", cfg.processing.metadata_refresh_ms.to_string());
             c
         },

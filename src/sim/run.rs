@@ -494,6 +494,7 @@ pub fn passthrough(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.queue.backoff.ms", crate::kafka::FETCH_QUEUE_BACKOFF_MS)
         .create()?;
     consumer.subscribe(&[room_pattern, read_topic])?;
     let producer: ThreadedProducer<DefaultProducerContext> = client(bootstrap)
