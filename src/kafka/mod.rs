@@ -76,6 +76,15 @@ pub fn base_client_config(cfg: &Config) -> ClientConfig {
 /// within 10 ms costs librdkafka's fetcher a few wake-ups. A `kafka.*` setting overrides it.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// How a consumer of allread's input reads: committed records only, cooperative rebalancing,
+/// and [`FETCH_QUEUE_BACKOFF_MS`]. allread's own consumer and the passthrough it is measured
+/// against both take these, so that the two read their input alike.
+pub fn tune_input_consumer(c: &mut ClientConfig) -> &mut ClientConfig {
+    c.set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+}
+
 /// The passthrough properties that apply to a producer (or an admin client, which librdkafka
 /// builds on one): consumer-only properties are left out, so that setting one for the
 /// consumer does not make librdkafka warn about it on every other client.

@@ -207,27 +207,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
         let _ = handle.config.set(cfg.clone());
     }
 
-    let consumer: BaseConsumer<RuntimeContext> = with_consumer_passthrough(
-        {
-            let mut c = base_client_config(&cfg);
-            if let Some(address) = &cfg.http.advertised {
-                // How other instances find this one's queries (see kafka::group).
-                c.set("client.id", crate::kafka::group::client_id_for(address));
-            }
-            c.set("group.id", &cfg.application_id)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("isolation.level", "read_committed")
-                .set("partition.assignment.strategy", "cooperative-sticky")
-                .set("fetch.queue.backoff.ms", crate::kafka::FETCH_QUEUE_BACKOFF_MS)
-                .set("topic.metadata.refresh.interval.ms", cfg.processing.metadata_refresh_ms.to_string());
-            c
-        },
-        &cfg,
-    )
-    .create_with_context(RuntimeContext { processor: processor.clone() })
-    .map_err(RuntimeError::Client)?;
+    let consumer: BaseConsumer<RuntimeContext> = input_consumer_config(&cfg)
+        .create_with_context(RuntimeContext { processor: processor.clone() })
+        .map_err(RuntimeError::Client)?;
 
     let repartition = cfg.repartition_topic();
     let subscription = [cfg.topics.room_pattern.as_str(), cfg.topics.read.as_str(), repartition.as_str()];
@@ -258,6 +240,23 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     };
     info!(routed = report.routed, receipts = report.receipts, dead_lettered = report.dead_lettered, "allread stopped");
     result.map(|()| report)
+}
+
+/// The group consumer of the input and repartition topics: allread's settings, then the
+/// user's `kafka.*` properties, which win.
+fn input_consumer_config(cfg: &Config) -> rdkafka::ClientConfig {
+    let mut c = base_client_config(cfg);
+    if let Some(address) = &cfg.http.advertised {
+        // How other instances find this one's queries (see kafka::group).
+        c.set("client.id", crate::kafka::group::client_id_for(address));
+    }
+    crate::kafka::tune_input_consumer(&mut c)
+        .set("group.id", &cfg.application_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", cfg.processing.metadata_refresh_ms.to_string());
+    with_consumer_passthrough(c, cfg)
 }
 
 /// RocksDB settings for the engine's stores: one memory budget (block cache and memtables)
@@ -407,5 +406,21 @@ fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), R
                 return Err(e.into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_consumer_fetches_again_soon_and_reads_committed_unless_the_user_says_otherwise() {
+        let mut cfg = Config::default();
+        let c = input_consumer_config(&cfg);
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some(crate::kafka::FETCH_QUEUE_BACKOFF_MS));
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("group.id"), Some(cfg.application_id.as_str()));
+        cfg.kafka.insert("fetch.queue.backoff.ms".into(), "250".into());
+        assert_eq!(input_consumer_config(&cfg).get("fetch.queue.backoff.ms"), Some("250"), "kafka.* wins");
     }
 }

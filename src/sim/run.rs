@@ -488,13 +488,10 @@ pub fn passthrough(
             )
         }
     };
-    let consumer: BaseConsumer = client(bootstrap)
+    let consumer: BaseConsumer = crate::kafka::tune_input_consumer(&mut client(bootstrap))
         .set("group.id", format!("allread-passthrough-{}", now_ms()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.queue.backoff.ms", crate::kafka::FETCH_QUEUE_BACKOFF_MS)
         .create()?;
     consumer.subscribe(&[room_pattern, read_topic])?;
     let producer: ThreadedProducer<DefaultProducerContext> = client(bootstrap)
