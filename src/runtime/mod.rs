@@ -287,9 +287,13 @@ fn process_until(
     // persists (broker away, fenced again) is retried calmly instead of in a tight loop.
     let mut failures = 0u32;
     let mut topics = TopicNames::default();
+    // One vector for every poll: growing a fresh one to ten thousand records each time cost
+    // the processing thread about 3% of its time in a profile (reallocation, fresh pages zeroed).
+    let mut batch = Vec::with_capacity(max_records.min(100_000));
     while !shutdown.load(Ordering::Relaxed) {
-        // Poll without holding the lock: rebalance callbacks take it.
-        let mut batch = Vec::new();
+        // Poll without holding the lock: rebalance callbacks take it. What a failed round left
+        // is dropped: the rewind reads it again.
+        batch.clear();
         let mut timeout = Duration::from_millis(if restoring { 1 } else { 50 });
         while batch.len() < max_records {
             match consumer.poll(timeout) {
@@ -312,7 +316,7 @@ fn process_until(
         }
         let mut failed = p.pending_rewind.take();
         if failed.is_none() && (!batch.is_empty() || p.has_pending()) {
-            failed = p.handle_batch(consumer, batch).err();
+            failed = p.handle_batch(consumer, &mut batch).err();
         }
         if failed.is_none() && p.last_commit.elapsed() >= commit_every {
             match p.commit(consumer, CommitMode::Async) {

@@ -194,6 +194,8 @@ pub struct Processor {
     probe: BaseConsumer,
     /// Input records waiting to be routed in timestamp order.
     inputs: InputBuffer,
+    /// Scratch for the records `inputs` releases in one batch (empty between batches).
+    ready: Vec<Polled>,
     /// Which local tasks input records may reach without the repartition topic.
     shortcut: Shortcut<Bound>,
     /// `allread_input_records_total` and `allread_input_bytes_total` of the room topics and of
@@ -268,6 +270,7 @@ impl Processor {
             restorer,
             restores: BTreeMap::new(),
             inputs: InputBuffer::default(),
+            ready: Vec::new(),
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
             metrics,
@@ -311,10 +314,11 @@ impl Processor {
     }
 
     /// Routes what can be routed (see `router`) and processes one batch of polled records.
-    pub fn handle_batch(&mut self, consumer: &Consumer_, records: Vec<Polled>) -> Result<(), RuntimeError> {
+    /// Takes every record out of `records` (the caller's vector, kept for the next poll).
+    pub fn handle_batch(&mut self, consumer: &Consumer_, records: &mut Vec<Polled>) -> Result<(), RuntimeError> {
         let now = now_ms();
         let mut repartitioned = Vec::new();
-        for m in records {
+        for m in records.drain(..) {
             if self.is_repartition(&m.topic) {
                 repartitioned.push(m);
             } else {
@@ -323,13 +327,13 @@ impl Processor {
         }
         if !self.shortcut.saturated() {
             let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
-            let (ready, enforced) = self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle);
-            if enforced {
+            let mut ready = std::mem::take(&mut self.ready);
+            if self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle, &mut ready) {
                 self.metrics.enforced_routing.inc();
             }
-            for m in ready {
-                self.route(&m, now)?;
-            }
+            let routed = ready.drain(..).try_for_each(|m| self.route(&m, now));
+            self.ready = ready;
+            routed?;
         }
         for m in repartitioned {
             self.process(&m, now)?;

@@ -165,13 +165,14 @@ impl InputBuffer {
         self.buffered
     }
 
-    /// The records that can be routed now, in timestamp order (each partition's own order
-    /// kept), and whether routing went ahead without waiting any longer for a lagging
-    /// partition (after `max_idle`).
-    pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<Polled>, bool) {
+    /// Appends to `out` the records that can be routed now, in timestamp order (each
+    /// partition's own order kept); returns whether routing went ahead without waiting any
+    /// longer for a lagging partition (after `max_idle`). The caller keeps `out` from one call
+    /// to the next, so that a batch of ten thousand records does not grow a new vector.
+    pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration, out: &mut Vec<Polled>) -> bool {
         if self.buffered == 0 {
             self.waiting_since = None;
-            return (Vec::new(), false);
+            return false;
         }
         // The longest any empty partition asks us to wait: max_idle for a known backlog, more
         // for one not fetched at all yet.
@@ -188,7 +189,7 @@ impl InputBuffer {
         if let Some(patience) = patience {
             let since = *self.waiting_since.get_or_insert_with(Instant::now);
             if since.elapsed() < patience {
-                return (Vec::new(), false);
+                return false;
             }
             enforced = true;
         }
@@ -198,7 +199,6 @@ impl InputBuffer {
             .iter()
             .filter_map(|(k, p)| p.queue.front().map(|m| Reverse((timestamp(m), k.clone()))))
             .collect();
-        let mut out = Vec::new();
         while let Some(Reverse((_, key))) = heads.pop() {
             let part = self.parts.get_mut(&key).expect("heads are of known partitions");
             out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
@@ -211,7 +211,7 @@ impl InputBuffer {
                 break;
             }
         }
-        (out, enforced)
+        enforced
     }
 }
 
@@ -232,6 +232,12 @@ mod tests {
         }
     }
 
+    fn drain(b: &mut InputBuffer, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<Polled>, bool) {
+        let mut out = Vec::new();
+        let enforced = b.drain_ready(backlog, max_idle, &mut out);
+        (out, enforced)
+    }
+
     fn offsets(out: &[Polled]) -> Vec<(String, i64)> {
         out.iter().map(|m| (m.topic.to_string(), m.offset)).collect()
     }
@@ -247,7 +253,7 @@ mod tests {
         for (i, ts) in [5, 15, 25].into_iter().enumerate() {
             b.push(record("reads", 0, i as i64, ts));
         }
-        let (out, enforced) = b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1));
+        let (out, enforced) = drain(&mut b, &Lagging(HashSet::new()), Duration::from_secs(1));
         assert!(!enforced);
         let order: Vec<i64> = out.iter().map(timestamp).collect();
         assert_eq!(order, [5, 10, 15, 20, 25, 30]);
@@ -260,13 +266,13 @@ mod tests {
         b.assign("reads", 0, Some(0));
         b.push(record("reads", 0, 0, 50));
         let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
-        assert!(b.drain_ready(&lagging, Duration::from_millis(30)).0.is_empty(), "the room topic is behind");
+        assert!(drain(&mut b, &lagging, Duration::from_millis(30)).0.is_empty(), "the room topic is behind");
         // Once its records are fetched, the earlier one goes first.
         b.push(record("room", 0, 0, 40));
-        let (out, _) = b.drain_ready(&lagging, Duration::from_millis(30));
+        let (out, _) = drain(&mut b, &lagging, Duration::from_millis(30));
         assert_eq!(offsets(&out), [("room".to_string(), 0)], "then the room has nothing buffered but more to fetch");
         std::thread::sleep(Duration::from_millis(40));
-        let (out, enforced) = b.drain_ready(&lagging, Duration::from_millis(30));
+        let (out, enforced) = drain(&mut b, &lagging, Duration::from_millis(30));
         assert!(enforced, "after max_idle routing goes on");
         assert_eq!(offsets(&out), [("reads".to_string(), 0)]);
     }
@@ -277,7 +283,7 @@ mod tests {
         b.assign("quiet-room", 0, Some(7));
         b.assign("reads", 1, Some(0));
         b.push(record("reads", 1, 0, 1));
-        let (out, _) = b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1));
+        let (out, _) = drain(&mut b, &Lagging(HashSet::new()), Duration::from_secs(1));
         assert_eq!(out.len(), 1);
         b.push(record("reads", 1, 1, 2));
         assert_eq!(b.buffered(), 1);
@@ -285,7 +291,7 @@ mod tests {
         assert_eq!(b.buffered(), 0);
         b.revoke("reads", 1);
         b.revoke("quiet-room", 0);
-        assert!(b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1)).0.is_empty());
+        assert!(drain(&mut b, &Lagging(HashSet::new()), Duration::from_secs(1)).0.is_empty());
     }
 
     #[test]
@@ -300,7 +306,7 @@ mod tests {
         assert_eq!(b.buffered(), 6);
         // The room's records (older) go; the reads wait for the lagging room topic.
         let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
-        assert_eq!(b.drain_ready(&lagging, Duration::from_secs(10)).0.len(), 3);
+        assert_eq!(drain(&mut b, &lagging, Duration::from_secs(10)).0.len(), 3);
         assert_eq!(b.buffered(), 3);
         b.assign("reads", 0, Some(3)); // assigned again: its buffered records are gone
         assert_eq!(b.buffered(), 0);
@@ -308,7 +314,7 @@ mod tests {
         b.push(record("room", 0, 3, 13));
         b.revoke("room", 0);
         assert_eq!(b.buffered(), 1);
-        assert_eq!(b.drain_ready(&Lagging(HashSet::new()), Duration::from_secs(1)).0.len(), 1);
+        assert_eq!(drain(&mut b, &Lagging(HashSet::new()), Duration::from_secs(1)).0.len(), 1);
         assert_eq!(b.buffered(), 0);
     }
     /// Counts the questions asked of the client.
@@ -326,15 +332,15 @@ mod tests {
         b.assign("room", 0, Some(0));
         b.assign("reads", 0, Some(0));
         let lagging = Counting(Default::default(), true);
-        assert!(b.drain_ready(&lagging, Duration::from_secs(10)).0.is_empty());
+        assert!(drain(&mut b, &lagging, Duration::from_secs(10)).0.is_empty());
         assert_eq!(lagging.0.get(), 0, "nothing buffered: nothing to decide, nothing asked");
         b.push(record("reads", 0, 0, 5));
         for _ in 0..5 {
-            assert!(b.drain_ready(&lagging, Duration::from_secs(10)).0.is_empty());
+            assert!(drain(&mut b, &lagging, Duration::from_secs(10)).0.is_empty());
         }
         assert_eq!(lagging.0.get(), 1, "more to fetch stays so until records are polled");
         b.push(record("room", 0, 0, 1));
-        assert_eq!(offsets(&b.drain_ready(&lagging, Duration::from_secs(10)).0), [("room".to_string(), 0)]);
+        assert_eq!(offsets(&drain(&mut b, &lagging, Duration::from_secs(10)).0), [("room".to_string(), 0)]);
         assert_eq!(lagging.0.get(), 2, "polled records: asked again");
 
         let mut b = InputBuffer::default();
@@ -345,7 +351,7 @@ mod tests {
         let mut route_one = |b: &mut InputBuffer| {
             b.push(record("reads", 0, next, next));
             next += 1;
-            assert_eq!(b.drain_ready(&caught_up, Duration::from_secs(10)).0.len(), 1);
+            assert_eq!(drain(b, &caught_up, Duration::from_secs(10)).0.len(), 1);
         };
         // Each round asks about the reads partition once (it just had records polled); the
         // room, found caught up in the first round, only after RECHECK_CAUGHT_UP.
