@@ -73,7 +73,8 @@ pub fn base_client_config(cfg: &Config) -> ClientConfig {
 /// buffered records of one partition run out while that partition's next fetch is postponed,
 /// routing waits for it: up to a second at a time, several times a second under a backlog of
 /// 1,008 input partitions, with the processing thread idle (BENCHMARKS.md). Fetching again
-/// within 10 ms costs librdkafka's fetcher a few wake-ups. A `kafka.*` setting overrides it.
+/// within 10 ms costs librdkafka's fetcher a few wake-ups. The restore consumer, which reads
+/// a changelog as fast as it applies it, takes it too. A `kafka.*` setting overrides it.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// How a consumer of allread's input reads: committed records only, cooperative rebalancing,
