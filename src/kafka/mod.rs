@@ -81,9 +81,15 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// and [`FETCH_QUEUE_BACKOFF_MS`]. allread's own consumer and the passthrough it is measured
 /// against both take these, so that the two read their input alike.
 pub fn tune_input_consumer(c: &mut ClientConfig) -> &mut ClientConfig {
-    c.set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+    fetch_again_soon(
+        c.set("isolation.level", "read_committed").set("partition.assignment.strategy", "cooperative-sticky"),
+    )
+}
+
+/// Sets [`FETCH_QUEUE_BACKOFF_MS`], for a consumer that empties its prefetch queue as fast as
+/// librdkafka fills it. Set before the `kafka.*` properties are applied, so they win.
+pub fn fetch_again_soon(c: &mut ClientConfig) -> &mut ClientConfig {
+    c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
 }
 
 /// The passthrough properties that apply to a producer (or an admin client, which librdkafka

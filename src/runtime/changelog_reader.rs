@@ -22,8 +22,6 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, warn};
 
-use crate::kafka::FETCH_QUEUE_BACKOFF_MS;
-
 /// How long a partition stays out after leaving. Removing a partition is asynchronous in
 /// librdkafka (its fetcher stops a little later); one added back and removed again before that
 /// is stopped twice, which is the abort above. Restoring the same task again this soon only
@@ -50,14 +48,9 @@ pub struct ChangelogReader {
     released: HashMap<i32, Instant>,
 }
 
-/// The restore consumer's settings on top of the client's. A restore reads as fast as the
-/// task applies, so librdkafka's prefetch queue stays full and, by default, postpones each
-/// next fetch by a second: restoring 1.4 million records went from 5.5 s to 1.5 s with
-/// [`FETCH_QUEUE_BACKOFF_MS`] (BENCHMARKS.md). A `kafka.*` setting of it still wins.
-fn restore_config(mut config: ClientConfig, group: &str) -> ClientConfig {
-    if config.get("fetch.queue.backoff.ms").is_none() {
-        config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-    }
+/// The settings a restore needs, on top of the client's (which `kafka.*` properties may
+/// have set): these win over them.
+pub(crate) fn restore_config(mut config: ClientConfig, group: &str) -> ClientConfig {
     config
         .remove("group.instance.id")
         .set("group.id", group)
@@ -139,14 +132,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_restore_consumer_fetches_again_soon_unless_the_user_says_otherwise() {
+    fn a_restore_reads_committed_records_and_is_never_a_static_member() {
         let mut base = ClientConfig::new();
-        base.set("group.instance.id", "member-1");
-        let c = restore_config(base.clone(), "g");
-        assert_eq!(c.get("fetch.queue.backoff.ms"), Some(FETCH_QUEUE_BACKOFF_MS));
+        base.set("group.instance.id", "member-1").set("isolation.level", "read_uncommitted");
+        let c = restore_config(base, "g");
         assert_eq!(c.get("group.instance.id"), None, "never a static member of the group");
-        assert_eq!(c.get("isolation.level"), Some("read_committed"));
-        base.set("fetch.queue.backoff.ms", "250");
-        assert_eq!(restore_config(base, "g").get("fetch.queue.backoff.ms"), Some("250"), "kafka.* wins");
+        assert_eq!(c.get("isolation.level"), Some("read_committed"), "over a kafka.* setting");
+        assert_eq!(c.get("group.id"), Some("g"));
     }
 }
