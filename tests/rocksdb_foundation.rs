@@ -74,3 +74,87 @@ fn the_memory_budget_charges_every_store_s_memtables_to_the_shared_cache() {
     // About 4 MB written in all: the cache holds at least that much of reservations.
     assert!(cache.get_usage() >= 2 << 20, "cache usage {} with the memtables of two stores", cache.get_usage());
 }
+
+/// The tasks' stores keep no write-ahead log (the changelog is their log): closing one
+/// flushes its memtables, so a clean stop loses nothing and a restart restores nothing.
+#[test]
+fn without_the_wal_a_closed_store_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb::default());
+    assert!(!opts.wal);
+    {
+        let mut store = RocksStore::open(dir.path(), &opts).unwrap();
+        for n in 0..10u32 {
+            store.write(&numbered_batch(n, 100)).unwrap();
+        }
+    }
+    let store = RocksStore::open(dir.path(), &opts).unwrap();
+    assert_eq!(batch_number_of(&store, 100), Some(9));
+}
+
+/// Without the WAL, a crash loses the writes its memtables held, but what survives is a whole
+/// earlier batch (each task's commit is one batch): here a child process writes numbered
+/// batches into small memtables, so that some are flushed, and aborts without closing.
+#[test]
+fn without_the_wal_a_crash_leaves_a_whole_earlier_batch() {
+    const KEYS: u32 = 500;
+    if let Ok(dir) = std::env::var("ALLREAD_TEST_CRASH_DIR") {
+        let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb {
+            memory_bytes: 8 << 20,
+            write_buffer_bytes: 1 << 20,
+        });
+        let mut store = RocksStore::open(&dir, &opts).unwrap();
+        for n in 0..100 {
+            store.write(&numbered_batch(n, KEYS)).unwrap();
+        }
+        // The background flushes of those full memtables finish; the next 10 batches (about
+        // 0.5 MiB) stay in the memtable.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for n in 100..110 {
+            store.write(&numbered_batch(n, KEYS)).unwrap();
+        }
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "without_the_wal_a_crash_leaves_a_whole_earlier_batch", "--nocapture"])
+        .env("ALLREAD_TEST_CRASH_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child aborts");
+    let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb::default());
+    let store = RocksStore::open(dir.path(), &opts).unwrap();
+    let survived = batch_number_of(&store, KEYS);
+    // 100 batches of 500 keys of about 100 bytes filled memtables of 1 MiB several times.
+    assert!(survived.is_some_and(|n| n < 100), "flushed batches survive, the last do not: {survived:?}");
+    eprintln!("batch {survived:?} survived the crash");
+}
+
+/// Batch `n`: keys `k000`.. each holding `n` and 96 bytes of padding.
+fn numbered_batch(n: u32, keys: u32) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    for i in 0..keys {
+        let mut value = n.to_be_bytes().to_vec();
+        value.resize(100, b'.');
+        batch.put(format!("k{i:03}").into_bytes(), value);
+    }
+    batch
+}
+
+/// The batch number every key holds; panics if the keys disagree (a torn batch).
+fn batch_number_of(store: &RocksStore, keys: u32) -> Option<u32> {
+    let mut numbers = std::collections::BTreeSet::new();
+    let mut count = 0;
+    store
+        .scan(&[], None, &mut |_, v| {
+            numbers.insert(u32::from_be_bytes(v[..4].try_into().unwrap()));
+            count += 1;
+            true
+        })
+        .unwrap();
+    assert!(count == 0 || count == keys, "{count} of {keys} keys: a torn batch");
+    assert!(numbers.len() <= 1, "keys from different batches: {numbers:?}");
+    numbers.into_iter().next()
+}

@@ -390,6 +390,13 @@ fn sigterm_mid_stream_and_a_restart_lose_no_receipt() {
     let (set, count) = receipt_set(&got);
     assert_eq!(set, w.expected, "log: {}", allread.log_text());
     assert_eq!(count, set.len(), "a clean stop commits everything: no receipt twice");
+    // The stores keep no WAL; a clean stop flushes them, so the last start restored nothing.
+    let log = allread.log_text();
+    let restores: Vec<&str> = log.lines().filter(|l| l.contains("task restored; processing")).collect();
+    assert!(
+        !restores.is_empty() && restores.iter().all(|l| l.contains(" restored=0 ")),
+        "after a clean stop the local stores are complete: {restores:?}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The production [`KvStore`]: one RocksDB instance per task, as Kafka Streams keeps one
-//! store instance per task. Each instance owns its directory, WAL and memtables; all
-//! instances of a process may share one block cache ([`RocksOptions::block_cache`]).
+//! store instance per task. Each instance owns its directory, memtables and write-ahead log
+//! (if it keeps one, see [`RocksOptions::wal`]); all instances of a process may share one
+//! block cache ([`RocksOptions::block_cache`]).
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +34,16 @@ pub struct RocksOptions {
     pub write_buffer_manager: Option<WriteBufferManager>,
     pub write_buffer_bytes: usize,
     /// `false` only for throwaway stores: without fsync on commit a power loss may lose the
-    /// newest writes (a process crash never does; the WAL is still written).
+    /// newest writes (a process crash never does; the WAL is still written). Applies only
+    /// with `wal`.
     pub sync_writes: bool,
+    /// `false`: writes skip RocksDB's write-ahead log, as Kafka Streams' RocksDB stores do,
+    /// for stores whose every write is also in a changelog topic (the tasks'). A crash then
+    /// loses what the memtables held since they were last flushed, and the store opens at an
+    /// earlier state: each batch is written atomically and a memtable is flushed whole, so
+    /// that state is a whole earlier commit, with the changelog offset it reflects, and
+    /// restore replays the changelog from there. Closing the store flushes its memtables.
+    pub wal: bool,
 }
 
 impl Default for RocksOptions {
@@ -45,6 +54,7 @@ impl Default for RocksOptions {
             write_buffer_manager: None,
             write_buffer_bytes: 64 << 20,
             sync_writes: false,
+            wal: true,
         }
     }
 }
@@ -76,6 +86,7 @@ pub struct RocksStore {
     key_prefix: Option<KeyPrefix>,
     path: PathBuf,
     sync_writes: bool,
+    wal: bool,
 }
 
 fn engine_err(e: rocksdb::Error) -> StoreError {
@@ -94,6 +105,8 @@ impl RocksStore {
         if let Some(manager) = &tuning.write_buffer_manager {
             opts.set_write_buffer_manager(manager);
         }
+        // RocksDB flushes the memtables on close when it keeps no WAL (its default
+        // `avoid_flush_during_shutdown = false`, which the crate does not expose).
         opts.set_max_background_jobs(2);
         opts.set_level_compaction_dynamic_level_bytes(true);
         let mut table = BlockBasedOptions::default();
@@ -121,7 +134,7 @@ impl RocksStore {
             opts.set_memtable_whole_key_filtering(true);
         }
         let db = DB::open(&opts, &path).map_err(engine_err)?;
-        Ok(Self { db, key_prefix: tuning.key_prefix, path, sync_writes: tuning.sync_writes })
+        Ok(Self { db, key_prefix: tuning.key_prefix, path, sync_writes: tuning.sync_writes, wal: tuning.wal })
     }
 
     pub fn path(&self) -> &Path {
@@ -196,7 +209,11 @@ impl KvStore for RocksStore {
             }
         }
         let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(self.sync_writes);
+        if self.wal {
+            wo.set_sync(self.sync_writes);
+        } else {
+            wo.disable_wal(true);
+        }
         wo.set_memtable_insert_hint_per_batch(true);
         self.db.write_opt(wb, &wo).map_err(engine_err)
     }
