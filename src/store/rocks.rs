@@ -42,7 +42,9 @@ pub struct RocksOptions {
     /// loses what the memtables held since they were last flushed, and the store opens at an
     /// earlier state: each batch is written atomically and a memtable is flushed whole, so
     /// that state is a whole earlier commit, with the changelog offset it reflects, and
-    /// restore replays the changelog from there. Closing the store flushes its memtables.
+    /// restore replays the changelog from there. Closing the store flushes its memtables
+    /// (RocksDB's default `avoid_flush_during_shutdown = false`, which the crate does not
+    /// expose).
     pub wal: bool,
 }
 
@@ -105,8 +107,6 @@ impl RocksStore {
         if let Some(manager) = &tuning.write_buffer_manager {
             opts.set_write_buffer_manager(manager);
         }
-        // RocksDB flushes the memtables on close when it keeps no WAL (its default
-        // `avoid_flush_during_shutdown = false`, which the crate does not expose).
         opts.set_max_background_jobs(2);
         opts.set_level_compaction_dynamic_level_bytes(true);
         let mut table = BlockBasedOptions::default();
