@@ -132,12 +132,16 @@ impl DeliveryContext {
     }
 }
 
-/// The most records routing stages for local tasks before applying them (see
-/// `Processor::apply_staged`). Longer runs per task keep its state in the CPU's caches longer:
-/// staging whole batches ran about 10% faster than a limit of 10,000 (BENCHMARKS.md), but a
-/// batch released from a backlog can hold hundreds of thousands of records, each of a few
-/// hundred bytes once decoded.
-const STAGED_RECORDS: usize = 50_000;
+/// The most input records one routing round releases (see `Processor::handle_batch`); what
+/// is left stays in the router for the next round, after the loop has had a chance to poll
+/// and commit. The records a round sends to local tasks are staged and applied task by task
+/// after it (`Processor::apply_staged`): longer runs per task keep its state in the CPU's
+/// caches longer (staging whole batches ran about 10% faster than a limit of 10,000,
+/// BENCHMARKS.md). Without a bound, the first round over a backlog released more than half a
+/// million records at once: its vectors kept room for all of them (about 90 MB for the
+/// released records alone), and the first commit, seconds later, wrote all of its changes in
+/// one batch.
+const ROUND_RECORDS: usize = 50_000;
 
 /// How long a transactional call may block before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,11 +208,13 @@ pub struct Processor {
     /// Scratch for the records `inputs` releases in one batch (empty between batches).
     ready: Vec<Polled>,
     /// Records routing released to local tasks, by task, applied task by task (`apply_staged`)
-    /// after routing a batch or [`STAGED_RECORDS`] of them, whichever comes first; empty
-    /// between batches, their capacity kept.
+    /// after each routing round (at most [`ROUND_RECORDS`]); empty between batches, their
+    /// capacity kept.
     staged: Vec<Vec<Bound>>,
     /// How many records `staged` holds.
     staged_records: usize,
+    /// Whether the last routing round stopped at [`ROUND_RECORDS`] with more records ready.
+    round_full: bool,
     /// Which local tasks input records may reach without the repartition topic.
     shortcut: Shortcut<Bound>,
     /// `allread_input_records_total` and `allread_input_bytes_total` of the room topics and of
@@ -298,6 +304,7 @@ impl Processor {
             ready: Vec::new(),
             staged: (0..partitions).map(|_| Vec::new()).collect(),
             staged_records: 0,
+            round_full: false,
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
             metrics,
@@ -352,19 +359,15 @@ impl Processor {
                 self.inputs.push(m);
             }
         }
+        self.round_full = false;
         if !self.shortcut.saturated() {
             let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
             let mut ready = std::mem::take(&mut self.ready);
-            if self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle, &mut ready) {
+            if self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle, &mut ready, ROUND_RECORDS) {
                 self.metrics.enforced_routing.inc();
             }
-            let routed = ready.drain(..).try_for_each(|m| {
-                self.route(&m)?;
-                if self.staged_records >= STAGED_RECORDS {
-                    self.apply_staged(now)?;
-                }
-                Ok(())
-            });
+            self.round_full = ready.len() >= ROUND_RECORDS;
+            let routed = ready.drain(..).try_for_each(|m| self.route(&m));
             self.ready = ready;
             let applied = routed.and_then(|()| self.apply_staged(now));
             if applied.is_err() {
@@ -546,6 +549,12 @@ impl Processor {
         self.inputs.buffered() > 0 || self.shortcut.holding()
     }
 
+    /// Whether the last routing round stopped at its bound with more records ready to go: the
+    /// next poll should not wait for new ones.
+    pub fn more_ready(&self) -> bool {
+        self.round_full
+    }
+
     /// Produces the receipts an applied record completed.
     fn emit(&mut self, applied: Applied, now: Millis) -> Result<(), RuntimeError> {
         let output = self.cfg.topics.output.clone();
@@ -585,10 +594,10 @@ impl Processor {
         }
         let dlq = self.dlq.clone();
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
-        if let Some(key) = &m.key {
+        if let Some(key) = m.key() {
             record = record.key(key);
         }
-        if let Some(payload) = &m.payload {
+        if let Some(payload) = m.payload_if_any() {
             record = record.payload(payload);
         }
         if let Some(ts) = m.timestamp {

@@ -24,9 +24,9 @@ type Key = (Arc<str>, i32);
 
 /// A record taken from the consumer, copied once out of librdkafka's buffer: what routing,
 /// the tasks and the dead-letter topic read of it. Unlike rdkafka's `OwnedMessage` it does
-/// not carry a `String` of its topic (topics are shared, see [`TopicNames`]): under a backlog
-/// the router holds hundreds of thousands of these, and each copy of a topic name was one
-/// more allocation per record.
+/// not carry a `String` of its topic (topics are shared, see [`TopicNames`]), and its key and
+/// payload share one allocation: under a backlog the router holds hundreds of thousands of
+/// these, and every allocation per record costs time and memory.
 #[derive(Debug)]
 pub struct Polled {
     pub topic: Arc<str>,
@@ -34,26 +34,77 @@ pub struct Polled {
     pub offset: i64,
     /// Milliseconds since the epoch, if the record has a timestamp.
     pub timestamp: Option<i64>,
-    pub key: Option<Box<[u8]>>,
-    pub payload: Option<Box<[u8]>>,
+    /// The key's bytes, then the payload's.
+    data: Box<[u8]>,
+    /// The key's length in `data`, [`NO_KEY`] for a record without a key.
+    key_len: u32,
+    has_payload: bool,
     pub headers: Option<OwnedHeaders>,
 }
 
+/// `Polled::key_len` of a record without a key (which is not the same as an empty key).
+const NO_KEY: u32 = u32::MAX;
+
 impl Polled {
     pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Polled {
+        let headers = m.headers().map(|h| h.detach());
+        Polled::from_parts(
+            topics.get(m.topic()),
+            m.partition(),
+            m.offset(),
+            m.timestamp().to_millis(),
+            m.key(),
+            m.payload(),
+            headers,
+        )
+    }
+
+    pub fn from_parts(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Polled {
+        let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
+        let mut data = Vec::with_capacity(k.len() + p.len());
+        data.extend_from_slice(k);
+        data.extend_from_slice(p);
         Polled {
-            topic: topics.get(m.topic()),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp: m.timestamp().to_millis(),
-            key: m.key().map(Box::from),
-            payload: m.payload().map(Box::from),
-            headers: m.headers().map(|h| h.detach()),
+            topic,
+            partition,
+            offset,
+            timestamp,
+            data: data.into_boxed_slice(),
+            // A Kafka record is far smaller than 4 GiB.
+            key_len: key.map_or(NO_KEY, |k| u32::try_from(k.len()).expect("a key under 4 GiB")),
+            has_payload: payload.is_some(),
+            headers,
         }
     }
 
+    fn key_bytes(&self) -> usize {
+        if self.key_len == NO_KEY {
+            0
+        } else {
+            self.key_len as usize
+        }
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        (self.key_len != NO_KEY).then(|| &self.data[..self.key_len as usize])
+    }
+
+    /// The payload; empty if the record has none.
     pub fn payload(&self) -> &[u8] {
-        self.payload.as_deref().unwrap_or(&[])
+        &self.data[self.key_bytes()..]
+    }
+
+    /// The payload, `None` if the record has none (a tombstone).
+    pub fn payload_if_any(&self) -> Option<&[u8]> {
+        self.has_payload.then(|| self.payload())
     }
 }
 
@@ -166,10 +217,17 @@ impl InputBuffer {
     }
 
     /// Appends to `out` the records that can be routed now, in timestamp order (each
-    /// partition's own order kept); returns whether routing went ahead without waiting any
-    /// longer for a lagging partition (after `max_idle`). The caller keeps `out` from one call
-    /// to the next, so that a batch of ten thousand records does not grow a new vector.
-    pub fn drain_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration, out: &mut Vec<Polled>) -> bool {
+    /// partition's own order kept), at most `limit` of them: the rest wait for the next call;
+    /// returns whether routing went ahead without waiting any longer for a lagging partition
+    /// (after `max_idle`). The caller keeps `out` from one call to the next, so that a batch
+    /// of ten thousand records does not grow a new vector.
+    pub fn drain_ready(
+        &mut self,
+        backlog: &dyn Backlog,
+        max_idle: Duration,
+        out: &mut Vec<Polled>,
+        limit: usize,
+    ) -> bool {
         if self.buffered == 0 {
             self.waiting_since = None;
             return false;
@@ -185,21 +243,26 @@ impl InputBuffer {
                 None => patience = Some(FIRST_FETCH_PATIENCE.max(max_idle)),
             }
         }
-        let mut enforced = false;
+        // When the wait ran out: a round that stops at `limit` keeps it, so that the next
+        // goes on at once rather than waiting again.
+        let mut expired = None;
         if let Some(patience) = patience {
             let since = *self.waiting_since.get_or_insert_with(Instant::now);
             if since.elapsed() < patience {
                 return false;
             }
-            enforced = true;
+            expired = Some(since);
         }
+        let enforced = expired.is_some();
         self.waiting_since = None;
         let mut heads: BinaryHeap<Reverse<(i64, Key)>> = self
             .parts
             .iter()
             .filter_map(|(k, p)| p.queue.front().map(|m| Reverse((timestamp(m), k.clone()))))
             .collect();
-        while let Some(Reverse((_, key))) = heads.pop() {
+        let until = out.len().saturating_add(limit);
+        while out.len() < until {
+            let Some(Reverse((_, key))) = heads.pop() else { break };
             let part = self.parts.get_mut(&key).expect("heads are of known partitions");
             out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
             self.buffered -= 1;
@@ -211,6 +274,10 @@ impl InputBuffer {
                 break;
             }
         }
+        if enforced && !heads.is_empty() {
+            // Stopped at `limit` (an enforced round does not stop to wait), with records left.
+            self.waiting_since = expired;
+        }
         enforced
     }
 }
@@ -221,7 +288,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> Polled {
-        Polled { topic: topic.into(), partition, offset, timestamp: Some(ts), key: None, payload: None, headers: None }
+        Polled::from_parts(topic.into(), partition, offset, Some(ts), None, None, None)
     }
 
     /// Partitions with records left on the broker.
@@ -234,7 +301,7 @@ mod tests {
 
     fn drain(b: &mut InputBuffer, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<Polled>, bool) {
         let mut out = Vec::new();
-        let enforced = b.drain_ready(backlog, max_idle, &mut out);
+        let enforced = b.drain_ready(backlog, max_idle, &mut out, usize::MAX);
         (out, enforced)
     }
 
@@ -257,6 +324,56 @@ mod tests {
         assert!(!enforced);
         let order: Vec<i64> = out.iter().map(timestamp).collect();
         assert_eq!(order, [5, 10, 15, 20, 25, 30]);
+    }
+
+    #[test]
+    fn a_polled_record_keeps_its_key_and_payload_apart_and_tells_none_from_empty() {
+        let r = Polled::from_parts("t".into(), 0, 0, None, Some(b"room-1"), Some(b"{}"), None);
+        assert_eq!((r.key(), r.payload(), r.payload_if_any()), (Some(&b"room-1"[..]), &b"{}"[..], Some(&b"{}"[..])));
+        let r = Polled::from_parts("t".into(), 0, 0, None, None, Some(b"{}"), None);
+        assert_eq!((r.key(), r.payload()), (None, &b"{}"[..]));
+        let r = Polled::from_parts("t".into(), 0, 0, None, Some(b""), None, None);
+        assert_eq!((r.key(), r.payload(), r.payload_if_any()), (Some(&b""[..]), &b""[..], None));
+    }
+
+    #[test]
+    fn a_round_stops_at_its_limit_and_the_next_goes_on_in_order() {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        for i in 0..4 {
+            b.push(record("room", 0, i, 10 * i + 5));
+            b.push(record("reads", 0, i, 10 * i));
+        }
+        let caught_up = Lagging(HashSet::new());
+        let mut out = Vec::new();
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, 3);
+        assert_eq!(out.len(), 3);
+        assert_eq!(b.buffered(), 5);
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, 3);
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, 3);
+        let order: Vec<i64> = out.iter().map(timestamp).collect();
+        assert_eq!(order, [0, 5, 10, 15, 20, 25, 30, 35]);
+        assert_eq!(b.buffered(), 0);
+    }
+
+    #[test]
+    fn routing_that_stopped_waiting_goes_on_past_a_rounds_limit_without_waiting_again() {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        for i in 0..3 {
+            b.push(record("reads", 0, i, 50 + i));
+        }
+        let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
+        let mut out = Vec::new();
+        assert!(!b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "the room topic is behind");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1));
+        assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "no second wait of max_idle");
+        assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1));
+        assert_eq!(out.len(), 3);
+        assert!(!b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "nothing left");
     }
 
     #[test]
