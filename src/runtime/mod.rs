@@ -280,7 +280,7 @@ fn process_until(
     cfg: &Config,
     shutdown: &AtomicBool,
 ) -> Result<(), RuntimeError> {
-    let commit_every = Duration::from_millis(cfg.processing.commit_interval_ms);
+    let commit_every = cfg.processing.commit_interval();
     let tick_every = Duration::from_millis(cfg.processing.tick_interval_ms);
     let max_records = cfg.processing.max_poll_records;
     let mut last_consumer_warning: Option<Instant> = None;
