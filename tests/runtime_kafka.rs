@@ -257,7 +257,15 @@ fn a_new_deployment_sends_no_barrier_every_record_takes_the_shortcut() {
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
     let metric = |name| common::metric(&text, name).unwrap_or(-1.0);
     assert_eq!(metric("allread_routed_records_total"), 0.0, "nothing crossed the repartition topic");
-    assert_eq!(metric("allread_shortcut_records_total"), w.events() as f64);
+    // Every record took the shortcut; once each, unless a commit failed and the loop went
+    // back to the last one (a rebalance for the new room topics can invalidate the group
+    // generation a transaction's offsets were sent with): then records were applied again.
+    let shortcut = metric("allread_shortcut_records_total");
+    if metric("allread_rewinds_total") == 0.0 {
+        assert_eq!(shortcut, w.events() as f64, "{}", allread.log_text());
+    } else {
+        assert!(shortcut >= w.events() as f64, "{shortcut}: {}", allread.log_text());
+    }
     assert!(allread.log_text().contains("no barrier needed"), "{}", allread.log_text());
 }
 
