@@ -185,8 +185,8 @@ impl Processing {
     /// only bounds what a crash makes the next start process again. Each commit writes one
     /// changelog record for every state key changed since the last: a read position moves
     /// with every read, so the longer interval writes fewer of them (at 250,000 events/s in
-    /// the benchmark's chat, rooms of 10, 1 s wrote about half the changelog records of
-    /// 100 ms, BENCHMARKS.md), and the loop stops for a commit's flush 1 time a second, not 10.
+    /// the benchmark's chat, rooms of 10, 1 s wrote less than half the changelog records
+    /// of 100 ms, BENCHMARKS.md), and the loop stops for a commit's flush 1 time a second, not 10.
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms.unwrap_or(match self.guarantee {
             Guarantee::ExactlyOnce => 100,

@@ -213,8 +213,8 @@ pub struct Processor {
     staged: Vec<Vec<Bound>>,
     /// How many records `staged` holds.
     staged_records: usize,
-    /// Whether the last routing round stopped at [`ROUND_RECORDS`] with more records ready.
-    round_full: bool,
+    /// Whether the last routing round stopped at [`ROUND_RECORDS`], with more records ready.
+    more_ready: bool,
     /// Which local tasks input records may reach without the repartition topic.
     shortcut: Shortcut<Bound>,
     /// `allread_input_records_total` and `allread_input_bytes_total` of the room topics and of
@@ -304,7 +304,7 @@ impl Processor {
             ready: Vec::new(),
             staged: (0..partitions).map(|_| Vec::new()).collect(),
             staged_records: 0,
-            round_full: false,
+            more_ready: false,
             routed: HashMap::new(),
             kafka_committed: HashMap::new(),
             metrics,
@@ -359,14 +359,14 @@ impl Processor {
                 self.inputs.push(m);
             }
         }
-        self.round_full = false;
+        self.more_ready = false;
         if !self.shortcut.saturated() {
             let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
             let mut ready = std::mem::take(&mut self.ready);
             if self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle, &mut ready, ROUND_RECORDS) {
                 self.metrics.enforced_routing.inc();
             }
-            self.round_full = ready.len() >= ROUND_RECORDS;
+            self.more_ready = ready.len() >= ROUND_RECORDS;
             let routed = ready.drain(..).try_for_each(|m| self.route(&m));
             self.ready = ready;
             let applied = routed.and_then(|()| self.apply_staged(now));
@@ -552,7 +552,7 @@ impl Processor {
     /// Whether the last routing round stopped at its bound with more records ready to go: the
     /// next poll should not wait for new ones.
     pub fn more_ready(&self) -> bool {
-        self.round_full
+        self.more_ready
     }
 
     /// Produces the receipts an applied record completed.

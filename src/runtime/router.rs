@@ -85,21 +85,13 @@ impl Polled {
         }
     }
 
-    fn key_bytes(&self) -> usize {
-        if self.key_len == NO_KEY {
-            0
-        } else {
-            self.key_len as usize
-        }
-    }
-
     pub fn key(&self) -> Option<&[u8]> {
         (self.key_len != NO_KEY).then(|| &self.data[..self.key_len as usize])
     }
 
     /// The payload; empty if the record has none.
     pub fn payload(&self) -> &[u8] {
-        &self.data[self.key_bytes()..]
+        &self.data[self.key().map_or(0, <[u8]>::len)..]
     }
 
     /// The payload, `None` if the record has none (a tombstone).
@@ -291,6 +283,14 @@ mod tests {
         Polled::from_parts(topic.into(), partition, offset, Some(ts), None, None, None)
     }
 
+    /// A buffer with a room partition and a read partition, both from offset 0.
+    fn room_and_reads() -> InputBuffer {
+        let mut b = InputBuffer::default();
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        b
+    }
+
     /// Partitions with records left on the broker.
     struct Lagging(HashSet<(String, i32)>);
     impl Backlog for Lagging {
@@ -311,9 +311,7 @@ mod tests {
 
     #[test]
     fn records_go_out_in_timestamp_order_across_partitions() {
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         for (i, ts) in [10, 20, 30].into_iter().enumerate() {
             b.push(record("room", 0, i as i64, ts));
         }
@@ -338,9 +336,7 @@ mod tests {
 
     #[test]
     fn a_round_stops_at_its_limit_and_the_next_goes_on_in_order() {
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         for i in 0..4 {
             b.push(record("room", 0, i, 10 * i + 5));
             b.push(record("reads", 0, i, 10 * i));
@@ -359,9 +355,7 @@ mod tests {
 
     #[test]
     fn routing_that_stopped_waiting_goes_on_past_a_rounds_limit_without_waiting_again() {
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         for i in 0..3 {
             b.push(record("reads", 0, i, 50 + i));
         }
@@ -378,9 +372,7 @@ mod tests {
 
     #[test]
     fn a_partition_with_unfetched_records_holds_routing_back_until_max_idle() {
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         b.push(record("reads", 0, 0, 50));
         let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
         assert!(drain(&mut b, &lagging, Duration::from_millis(30)).0.is_empty(), "the room topic is behind");
@@ -413,9 +405,7 @@ mod tests {
 
     #[test]
     fn the_buffered_count_follows_pushes_routing_revocations_and_reassignments() {
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         for i in 0..3 {
             b.push(record("room", 0, i, 10 + i));
             b.push(record("reads", 0, i, 20 + i));
@@ -445,9 +435,7 @@ mod tests {
 
     #[test]
     fn the_client_is_asked_about_a_partition_only_when_its_answer_may_have_changed() {
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         let lagging = Counting(Default::default(), true);
         assert!(drain(&mut b, &lagging, Duration::from_secs(10)).0.is_empty());
         assert_eq!(lagging.0.get(), 0, "nothing buffered: nothing to decide, nothing asked");
@@ -460,9 +448,7 @@ mod tests {
         assert_eq!(offsets(&drain(&mut b, &lagging, Duration::from_secs(10)).0), [("room".to_string(), 0)]);
         assert_eq!(lagging.0.get(), 2, "polled records: asked again");
 
-        let mut b = InputBuffer::default();
-        b.assign("room", 0, Some(0));
-        b.assign("reads", 0, Some(0));
+        let mut b = room_and_reads();
         let caught_up = Counting(Default::default(), false);
         let mut next = 0;
         let mut route_one = |b: &mut InputBuffer| {
