@@ -77,12 +77,28 @@ pub fn base_client_config(cfg: &Config) -> ClientConfig {
 /// a changelog as fast as it applies it, takes it too. A `kafka.*` setting overrides it.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// The most one fetch response may carry (`fetch.max.bytes`) for consumers of input: 8 MiB,
+/// against librdkafka's 50 MiB. librdkafka stops fetching once its prefetch queue holds
+/// `queued.max.messages.kbytes` (64 MiB), but checks that before a fetch, so the queue
+/// overshoots by up to a whole response, decompressed, plus an operation of some 200 bytes
+/// per record: at its peak librdkafka held 234 MB in a 5M-event run. With 8 MiB, peak RSS was
+/// 20% lower at the same events/s (BENCHMARKS.md). Smaller is worse: a response below the
+/// busy partitions' shares (`fetch.message.max.bytes`, 1 MiB each) is filled from the first
+/// partitions of the request, so a few partitions run ahead while routing, in timestamp
+/// order, waits for the others and buffers what the few delivered (at 4 MiB over 8 read
+/// partitions: up to 680,000 records). A deployment with many more partitions that have a
+/// backlog wants at least their number in MiB (`kafka."fetch.max.bytes"`).
+pub const INPUT_FETCH_MAX_BYTES: &str = "8388608";
+
 /// How a consumer of allread's input reads: committed records only, cooperative rebalancing,
-/// and [`FETCH_QUEUE_BACKOFF_MS`]. allread's own consumer and the passthrough it is measured
-/// against both take these, so that the two read their input alike.
+/// [`INPUT_FETCH_MAX_BYTES`] and [`FETCH_QUEUE_BACKOFF_MS`]. allread's own consumer and the
+/// passthrough it is measured against both take these, so that the two read their input
+/// alike.
 pub fn tune_input_consumer(c: &mut ClientConfig) -> &mut ClientConfig {
     fetch_again_soon(
-        c.set("isolation.level", "read_committed").set("partition.assignment.strategy", "cooperative-sticky"),
+        c.set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("fetch.max.bytes", INPUT_FETCH_MAX_BYTES),
     )
 }
 
