@@ -77,18 +77,20 @@ pub fn base_client_config(cfg: &Config) -> ClientConfig {
 /// a changelog as fast as it applies it, takes it too. A `kafka.*` setting overrides it.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
-/// The most one fetch response may carry (`fetch.max.bytes`) for consumers of input: 8 MiB,
+/// The most one fetch response may carry (`fetch.max.bytes`) for consumers of input: 16 MiB,
 /// against librdkafka's 50 MiB. librdkafka stops fetching once its prefetch queue holds
 /// `queued.max.messages.kbytes` (64 MiB), but checks that before a fetch, so the queue
 /// overshoots by up to a whole response, decompressed, plus an operation of some 200 bytes
-/// per record: at its peak librdkafka held 234 MB in a 5M-event run. With 8 MiB, peak RSS was
-/// 20% lower at the same events/s (BENCHMARKS.md). Smaller is worse: a response below the
-/// busy partitions' shares (`fetch.message.max.bytes`, 1 MiB each) is filled from the first
-/// partitions of the request, so a few partitions run ahead while routing, in timestamp
-/// order, waits for the others and buffers what the few delivered (at 4 MiB over 8 read
-/// partitions: up to 680,000 records). A deployment with many more partitions that have a
-/// backlog wants at least their number in MiB (`kafka."fetch.max.bytes"`).
-pub const INPUT_FETCH_MAX_BYTES: &str = "8388608";
+/// per record: at its peak librdkafka held 234 MB in a 5M-event run. With 16 MiB, peak RSS was
+/// 17% lower at the same events/s, and the latency at half load the same (BENCHMARKS.md).
+/// Smaller is worse: a response below the busy partitions' shares (`fetch.message.max.bytes`,
+/// 1 MiB each) is filled from the first partitions of the request, so a few partitions run
+/// ahead while routing, in timestamp order, waits for the others and buffers what the few
+/// delivered (at 4 MiB over 8 read partitions: up to 680,000 records). 8 MiB saved 20% of
+/// peak RSS but doubled the p99 of a live chat at half load. A deployment with many more
+/// partitions that have a backlog wants at least twice their number in MiB
+/// (`kafka."fetch.max.bytes"`).
+pub const INPUT_FETCH_MAX_BYTES: &str = "16777216";
 
 /// How a consumer of allread's input reads: committed records only, cooperative rebalancing,
 /// [`INPUT_FETCH_MAX_BYTES`] and [`FETCH_QUEUE_BACKOFF_MS`]. allread's own consumer and the
