@@ -127,6 +127,8 @@ struct Part {
     /// fetch" holds until records are polled (the high watermark never goes back); "caught up"
     /// is asked again after `RECHECK_CAUGHT_UP`, as a fetch response may have moved it.
     more: Option<(bool, Instant)>,
+    /// Whether a record was polled from it since it was assigned (or the buffer was reset).
+    polled: bool,
 }
 
 /// How long a partition found caught up is taken to stay so before the client is asked again.
@@ -160,13 +162,21 @@ pub struct InputBuffer {
 /// What a partition still holds on the broker, as far as the client knows.
 pub trait Backlog {
     /// Whether `topic`/`partition` has records at or after `next` not fetched yet (`next =
-    /// None`: the position is unknown); `None` when the client does not know yet (nothing
-    /// fetched from it so far).
+    /// None`: the position is unknown); `None` when the client does not know yet (no fetch
+    /// response has named it so far).
     fn has_more(&self, topic: &str, partition: i32, next: Option<i64>) -> Option<bool>;
 }
 
-/// How long routing waits for a partition nothing was fetched from yet (just assigned): as
-/// Kafka Streams does for unknown lag, until its first fetch, within reason.
+/// How long routing waits for a partition with records on the broker that nothing was polled
+/// from yet (just assigned, or rewound): as Kafka Streams does for unknown lag, until its first
+/// fetch, within reason. librdkafka learns a partition's high watermark from any fetch
+/// response that names it, also one that carried none of its records: a response stops at
+/// `fetch.max.bytes`, filled in the request's order, which librdkafka turns by one partition
+/// per request. So over a backlog of 1,016 partitions the last room topics were first fetched
+/// about 2 s after the read topic's partitions, with their watermarks long known; waiting for
+/// them only `max_idle` (1 s) routed the 420,000 records buffered meanwhile out of order, and
+/// the reads that ran ahead of their messages (up to 277,000 per run) were parked, and many
+/// dropped (BENCHMARKS.md, 5 December, later).
 pub const FIRST_FETCH_PATIENCE: Duration = Duration::from_secs(10);
 
 fn timestamp(m: &Polled) -> i64 {
@@ -175,7 +185,8 @@ fn timestamp(m: &Polled) -> i64 {
 
 impl InputBuffer {
     pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
-        let old = self.parts.insert((Arc::from(topic), partition), Part { queue: VecDeque::new(), next, more: None });
+        let part = Part { queue: VecDeque::new(), next, more: None, polled: false };
+        let old = self.parts.insert((Arc::from(topic), partition), part);
         self.buffered -= old.map_or(0, |p| p.queue.len());
     }
 
@@ -191,6 +202,7 @@ impl InputBuffer {
             part.queue.clear();
             part.next = positions.get(key).copied();
             part.more = None;
+            part.polled = false;
         }
         self.buffered = 0;
         self.waiting_since = None;
@@ -200,6 +212,7 @@ impl InputBuffer {
         let part = self.parts.entry((m.topic.clone(), m.partition)).or_default();
         part.next = Some(m.offset + 1);
         part.more = None;
+        part.polled = true;
         part.queue.push_back(m);
         self.buffered += 1;
     }
@@ -231,8 +244,8 @@ impl InputBuffer {
         for (key, part) in self.parts.iter_mut().filter(|(_, p)| p.queue.is_empty()) {
             match part.has_more(key, backlog, now) {
                 Some(false) => {}
-                Some(true) => patience = patience.max(Some(max_idle)),
-                None => patience = Some(FIRST_FETCH_PATIENCE.max(max_idle)),
+                Some(true) if part.polled => patience = patience.max(Some(max_idle)),
+                _ => patience = Some(FIRST_FETCH_PATIENCE.max(max_idle)),
             }
         }
         // When the wait ran out: a round that stops at `limit` keeps it, so that the next
@@ -356,12 +369,15 @@ mod tests {
     #[test]
     fn routing_that_stopped_waiting_goes_on_past_a_rounds_limit_without_waiting_again() {
         let mut b = room_and_reads();
+        b.push(record("room", 0, 0, 10));
         for i in 0..3 {
             b.push(record("reads", 0, i, 50 + i));
         }
         let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
         let mut out = Vec::new();
-        assert!(!b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "the room topic is behind");
+        assert!(!b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 10), "the room topic is behind");
+        assert_eq!(offsets(&out), [("room".to_string(), 0)]);
+        out.clear();
         std::thread::sleep(Duration::from_millis(40));
         assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1));
         assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "no second wait of max_idle");
@@ -384,6 +400,29 @@ mod tests {
         let (out, enforced) = drain(&mut b, &lagging, Duration::from_millis(30));
         assert!(enforced, "after max_idle routing goes on");
         assert_eq!(offsets(&out), [("reads".to_string(), 0)]);
+    }
+
+    #[test]
+    fn a_partition_nothing_was_polled_from_yet_holds_routing_back_longer_than_max_idle() {
+        let mut b = room_and_reads();
+        b.push(record("reads", 0, 0, 50));
+        // The client knows the room's high watermark (a fetch response named it) but has
+        // delivered none of its records yet.
+        let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
+        assert!(drain(&mut b, &lagging, Duration::from_millis(10)).0.is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        let (out, enforced) = drain(&mut b, &lagging, Duration::from_millis(10));
+        assert!(out.is_empty() && !enforced, "max_idle is for partitions that delivered something");
+        b.push(record("room", 0, 0, 40));
+        let (out, _) = drain(&mut b, &lagging, Duration::from_millis(10));
+        assert_eq!(offsets(&out), [("room".to_string(), 0)]);
+        // A rewind makes every partition new again.
+        b.push(record("room", 0, 1, 45));
+        b.reset(&Default::default());
+        b.push(record("reads", 0, 0, 50));
+        assert!(drain(&mut b, &lagging, Duration::from_millis(10)).0.is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(drain(&mut b, &lagging, Duration::from_millis(10)).0.is_empty(), "the room is to be fetched again");
     }
 
     #[test]
