@@ -38,7 +38,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
-use super::router::{Backlog, InputBuffer, Polled};
+use super::router::{Backlog, Body, InputBuffer, Polled, Raw};
 use super::shortcut::{Acks, Route, Shortcut};
 use super::task::{Applied, ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
@@ -367,7 +367,7 @@ impl Processor {
                 self.metrics.enforced_routing.inc();
             }
             self.more_ready = ready.len() >= ROUND_RECORDS;
-            let routed = ready.drain(..).try_for_each(|m| self.route(&m));
+            let routed = ready.drain(..).try_for_each(|m| self.route(m));
             self.ready = ready;
             let applied = routed.and_then(|()| self.apply_staged(now));
             if applied.is_err() {
@@ -385,46 +385,56 @@ impl Processor {
 
     /// Input record -> its task, directly if the task is here and its lane is open (see
     /// `shortcut`), else through the repartition topic (by room); or -> dead letters.
-    fn route(&mut self, m: &Polled) -> Result<(), RuntimeError> {
-        let topic = &*m.topic;
-        let payload = m.payload();
-        let (records, bytes) = if topic == self.cfg.topics.read { &self.read_input } else { &self.room_input };
+    fn route(&mut self, m: Polled) -> Result<(), RuntimeError> {
+        let (records, bytes) = if *m.topic == self.cfg.topics.read { &self.read_input } else { &self.room_input };
         records.inc();
-        bytes.inc_by(payload.len() as u64);
-        let topics = &self.cfg.topics;
-        match codec::decode_input(topic, &topics.read, &topics.room_prefix, payload, &self.limits) {
-            Ok(event) => {
-                let partition = partition_for(event.room_id().as_bytes(), self.cfg.topics.partitions);
-                let bound = Bound {
-                    topic: m.topic.clone(),
-                    partition: m.partition,
-                    offset: m.offset,
-                    timestamp: m.timestamp,
-                    event,
+        let Polled { topic, partition, offset, timestamp, body } = m;
+        let event = match body {
+            Body::Event { event, bytes: size } => {
+                bytes.inc_by(u64::from(size));
+                Some(event)
+            }
+            Body::Raw(mut raw) => {
+                bytes.inc_by(raw.payload().len() as u64);
+                let topics = &self.cfg.topics;
+                // Kept as it came without a verdict (not decoded when polled): decoded now.
+                let decoded = match raw.error.take() {
+                    Some(e) => Err(e),
+                    None => codec::decode_input(&topic, &topics.read, &topics.room_prefix, raw.payload(), &self.limits),
                 };
-                let position = self.tasks.get(&partition).filter(|t| !t.restoring).map(Task::lane_position);
-                if position.is_some() && self.shortcut.wants_probe(partition, &self.producer.context().acks) {
-                    let drained = self.repartition_drained(partition);
-                    self.shortcut.probed(partition, drained);
-                }
-                match self.shortcut.route(partition, position, &self.producer.context().acks, bound) {
-                    Route::Apply(records) => {
-                        self.staged_records += records.len();
-                        self.staged[partition as usize].extend(records);
+                match decoded {
+                    Ok(event) => Some(event),
+                    Err(e) => {
+                        self.dead_letter(&topic, partition, offset, timestamp, &raw, &e)?;
+                        None
                     }
-                    Route::Send(records) => self.send_routed(partition, records)?,
-                    Route::Held => {}
                 }
             }
-            Err(e) => self.dead_letter(m, &e)?,
+        };
+        if let Some(event) = event {
+            let task = partition_for(event.room_id().as_bytes(), self.cfg.topics.partitions);
+            let bound = Bound { topic: topic.clone(), partition, offset, timestamp, event };
+            let position = self.tasks.get(&task).filter(|t| !t.restoring).map(Task::lane_position);
+            if position.is_some() && self.shortcut.wants_probe(task, &self.producer.context().acks) {
+                let drained = self.repartition_drained(task);
+                self.shortcut.probed(task, drained);
+            }
+            match self.shortcut.route(task, position, &self.producer.context().acks, bound) {
+                Route::Apply(records) => {
+                    self.staged_records += records.len();
+                    self.staged[task as usize].extend(records);
+                }
+                Route::Send(records) => self.send_routed(task, records)?,
+                Route::Held => {}
+            }
         }
         // Looked up by &str: no allocation per record once the topic is known.
-        match self.routed.get_mut(topic) {
+        match self.routed.get_mut(&*topic) {
             Some(partitions) => {
-                partitions.insert(m.partition, m.offset + 1);
+                partitions.insert(partition, offset + 1);
             }
             None => {
-                self.routed.insert(topic.to_string(), HashMap::from([(m.partition, m.offset + 1)]));
+                self.routed.insert(topic.to_string(), HashMap::from([(partition, offset + 1)]));
             }
         }
         Ok(())
@@ -573,20 +583,28 @@ impl Processor {
 
     /// The record, unchanged, to `<application_id>-dlq`, with headers saying where it came
     /// from and why it was rejected. Its content is never logged.
-    fn dead_letter(&mut self, m: &Polled, e: &DecodeError) -> Result<(), RuntimeError> {
+    fn dead_letter(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        raw: &Raw,
+        e: &DecodeError,
+    ) -> Result<(), RuntimeError> {
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = &m.headers {
+        if let Some(original) = &raw.headers {
             for h in original.iter() {
                 headers = headers.insert(Header { key: h.key, value: h.value });
             }
         }
-        let partition = m.partition.to_string();
-        let offset = m.offset.to_string();
+        let partition_text = partition.to_string();
+        let offset_text = offset.to_string();
         let message = e.to_string();
         for (key, value) in [
-            ("allread.source.topic", &*m.topic),
-            ("allread.source.partition", partition.as_str()),
-            ("allread.source.offset", offset.as_str()),
+            ("allread.source.topic", topic),
+            ("allread.source.partition", partition_text.as_str()),
+            ("allread.source.offset", offset_text.as_str()),
             ("allread.error.kind", e.kind()),
             ("allread.error.message", message.as_str()),
         ] {
@@ -594,17 +612,17 @@ impl Processor {
         }
         let dlq = self.dlq.clone();
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
-        if let Some(key) = m.key() {
+        if let Some(key) = raw.key() {
             record = record.key(key);
         }
-        if let Some(payload) = m.payload_if_any() {
+        if let Some(payload) = raw.payload_if_any() {
             record = record.payload(payload);
         }
-        if let Some(ts) = m.timestamp {
+        if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
         self.send(record)?;
-        warn!(topic = &*m.topic, partition = m.partition, offset = m.offset, kind = e.kind(), error = %e, "dead-lettered an undecodable record");
+        warn!(topic, partition, offset, kind = e.kind(), error = %e, "dead-lettered an undecodable record");
         self.metrics.dead_lettered.inc();
         self.metrics.decode_failures.with_label_values(&[e.kind()]).inc();
         Ok(())
@@ -621,7 +639,8 @@ impl Processor {
             // Fetched before the partition was paused; re-read once the task is restored.
             return Ok(());
         }
-        match task.process(m.offset, m.payload(), now) {
+        let payload = m.raw().map_or(&[][..], Raw::payload);
+        match task.process(m.offset, payload, now) {
             Ok(None) => {
                 self.metrics.duplicates_skipped.inc();
                 Ok(())

@@ -17,16 +17,22 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 
+use crate::codec::DecodeError;
+use crate::receipts::Event;
+
 // Every polled record is looked up in both maps: foldhash, as the engine's maps, not SipHash.
 use crate::receipts::{HashMap, HashSet};
 
 type Key = (Arc<str>, i32);
 
-/// A record taken from the consumer, copied once out of librdkafka's buffer: what routing,
-/// the tasks and the dead-letter topic read of it. Unlike rdkafka's `OwnedMessage` it does
-/// not carry a `String` of its topic (topics are shared, see [`TopicNames`]), and its key and
-/// payload share one allocation: under a backlog the router holds hundreds of thousands of
-/// these, and every allocation per record costs time and memory.
+/// A record taken from the consumer: what routing, the tasks and the dead-letter topic read
+/// of it. An input record is decoded as it is polled, as Kafka Streams deserializes a record
+/// when it joins its partition's queue; only one that does not decode keeps its bytes and
+/// headers, for the dead-letter topic. Asking librdkafka for a record's headers parses them
+/// into a fresh buffer, also when there are none: 4% of the processing thread when it was
+/// done for every record. Unlike rdkafka's `OwnedMessage` it does not carry a `String` of its
+/// topic (topics are shared, see [`TopicNames`]): under a backlog the router holds hundreds
+/// of thousands of these, and every allocation per record costs time and memory.
 #[derive(Debug)]
 pub struct Polled {
     pub topic: Arc<str>,
@@ -34,31 +40,66 @@ pub struct Polled {
     pub offset: i64,
     /// Milliseconds since the epoch, if the record has a timestamp.
     pub timestamp: Option<i64>,
-    /// The key's bytes, then the payload's.
+    pub body: Body,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    /// An input record, decoded; `bytes`: the length of its payload.
+    Event { event: Event, bytes: u32 },
+    /// A record as it came: one of the repartition topic (its task decodes it), or an input
+    /// record that did not decode, with its error (routing dead-letters it).
+    Raw(Box<Raw>),
+}
+
+/// A record's bytes, kept: its key's, then its payload's, in one allocation.
+#[derive(Debug)]
+pub struct Raw {
     data: Box<[u8]>,
     /// The key's length in `data`, [`NO_KEY`] for a record without a key.
     key_len: u32,
     has_payload: bool,
     pub headers: Option<OwnedHeaders>,
+    pub error: Option<DecodeError>,
 }
 
-/// `Polled::key_len` of a record without a key (which is not the same as an empty key).
+/// `Raw::key_len` of a record without a key (which is not the same as an empty key).
 const NO_KEY: u32 = u32::MAX;
 
+/// How a polled record is decoded: `None` for a record that is not input (the repartition
+/// topic's), else the input decoder's verdict.
+pub type Decode<'a> = dyn Fn(&str, &[u8]) -> Option<Result<Event, DecodeError>> + 'a;
+
 impl Polled {
-    pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Polled {
-        let headers = m.headers().map(|h| h.detach());
-        Polled::from_parts(
-            topics.get(m.topic()),
-            m.partition(),
-            m.offset(),
-            m.timestamp().to_millis(),
-            m.key(),
-            m.payload(),
-            headers,
-        )
+    pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames, decode: &Decode<'_>) -> Polled {
+        let topic = topics.get(m.topic());
+        let payload = m.payload();
+        let error = match decode(&topic, payload.unwrap_or_default()) {
+            Some(Ok(event)) => {
+                // A Kafka record is far smaller than 4 GiB.
+                let bytes = payload.map_or(0, |p| u32::try_from(p.len()).expect("a record under 4 GiB"));
+                let body = Body::Event { event, bytes };
+                return Polled {
+                    topic,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    body,
+                };
+            }
+            Some(Err(e)) => Some(e),
+            None => None,
+        };
+        let headers = if error.is_some() { m.headers().map(|h| h.detach()) } else { None };
+        let mut polled =
+            Polled::from_parts(topic, m.partition(), m.offset(), m.timestamp().to_millis(), m.key(), payload, headers);
+        if let Body::Raw(raw) = &mut polled.body {
+            raw.error = error;
+        }
+        polled
     }
 
+    /// A record kept as it came (see [`Body::Raw`]).
     pub fn from_parts(
         topic: Arc<str>,
         partition: i32,
@@ -72,19 +113,27 @@ impl Polled {
         let mut data = Vec::with_capacity(k.len() + p.len());
         data.extend_from_slice(k);
         data.extend_from_slice(p);
-        Polled {
-            topic,
-            partition,
-            offset,
-            timestamp,
+        let raw = Raw {
             data: data.into_boxed_slice(),
             // A Kafka record is far smaller than 4 GiB.
             key_len: key.map_or(NO_KEY, |k| u32::try_from(k.len()).expect("a key under 4 GiB")),
             has_payload: payload.is_some(),
             headers,
-        }
+            error: None,
+        };
+        Polled { topic, partition, offset, timestamp, body: Body::Raw(Box::new(raw)) }
     }
 
+    /// The record's bytes, if it was kept as it came.
+    pub fn raw(&self) -> Option<&Raw> {
+        match &self.body {
+            Body::Raw(raw) => Some(raw),
+            Body::Event { .. } => None,
+        }
+    }
+}
+
+impl Raw {
     pub fn key(&self) -> Option<&[u8]> {
         (self.key_len != NO_KEY).then(|| &self.data[..self.key_len as usize])
     }
@@ -339,11 +388,14 @@ mod tests {
 
     #[test]
     fn a_polled_record_keeps_its_key_and_payload_apart_and_tells_none_from_empty() {
-        let r = Polled::from_parts("t".into(), 0, 0, None, Some(b"room-1"), Some(b"{}"), None);
+        let polled = Polled::from_parts("t".into(), 0, 0, None, Some(b"room-1"), Some(b"{}"), None);
+        let r = polled.raw().expect("kept as it came");
         assert_eq!((r.key(), r.payload(), r.payload_if_any()), (Some(&b"room-1"[..]), &b"{}"[..], Some(&b"{}"[..])));
-        let r = Polled::from_parts("t".into(), 0, 0, None, None, Some(b"{}"), None);
+        let polled = Polled::from_parts("t".into(), 0, 0, None, None, Some(b"{}"), None);
+        let r = polled.raw().expect("kept as it came");
         assert_eq!((r.key(), r.payload()), (None, &b"{}"[..]));
-        let r = Polled::from_parts("t".into(), 0, 0, None, Some(b""), None, None);
+        let polled = Polled::from_parts("t".into(), 0, 0, None, Some(b""), None, None);
+        let r = polled.raw().expect("kept as it came");
         assert_eq!((r.key(), r.payload(), r.payload_if_any()), (Some(&b""[..]), &b""[..], None));
     }
 
