@@ -116,7 +116,8 @@ pub struct Processing {
     /// Records taken from the consumer per processing round.
     pub max_poll_records: usize,
     /// How long routing waits for an input partition that has records not fetched yet,
-    /// before going on out of timestamp order (Kafka Streams' `max.task.idle.ms`).
+    /// before going on out of timestamp order (Kafka Streams' `max.task.idle.ms`). A partition
+    /// nothing was polled from since it was assigned gets at least 10 s (see the router).
     pub max_task_idle_ms: u64,
     /// Whether an input record whose task runs in this instance skips the repartition topic
     /// (see the README's "How it works").
