@@ -33,7 +33,7 @@ pub use processor::now_ms;
 
 use self::context::RuntimeContext;
 use self::processor::Processor;
-use self::router::{Polled, TopicNames};
+use self::router::{InputDecoder, Polled, TopicNames};
 use crate::config::{Config, ConfigError, Guarantee};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::partitioner::partition_for;
@@ -290,13 +290,8 @@ fn process_until(
     // persists (broker away, fenced again) is retried calmly instead of in a tight loop.
     let mut failures = 0u32;
     let mut topics = TopicNames::default();
-    // Input records are decoded as they are polled (see `Polled`); the repartition topic's
-    // are decoded by their tasks.
-    let (repartition, limits) = (cfg.repartition_topic(), cfg.decode_limits());
-    let decode = |topic: &str, payload: &[u8]| {
-        (topic != repartition)
-            .then(|| crate::codec::decode_input(topic, &cfg.topics.read, &cfg.topics.room_prefix, payload, &limits))
-    };
+    // Input records are decoded as they are polled (see `Polled`).
+    let decoder = InputDecoder::new(cfg);
     // One vector for every poll: growing a fresh one to ten thousand records each time cost
     // the processing thread about 3% of its time in a profile (reallocation, fresh pages zeroed).
     let mut batch = Vec::with_capacity(max_records.min(100_000));
@@ -314,7 +309,7 @@ fn process_until(
         while batch.len() < max_records {
             match consumer.poll(timeout) {
                 None => break,
-                Some(Ok(m)) => batch.push(Polled::new(&m, &mut topics, &decode)),
+                Some(Ok(m)) => batch.push(Polled::new(&m, &mut topics, &decoder)),
                 Some(Err(e)) => {
                     // Broker down, topic not there yet: librdkafka retries; say so now and then.
                     if last_consumer_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {

@@ -38,11 +38,11 @@ use tracing::{debug, error, info, info_span, warn};
 
 use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
-use super::router::{Backlog, Body, InputBuffer, Polled, Raw};
+use super::router::{Backlog, Body, InputBuffer, InputDecoder, Polled, Raw};
 use super::shortcut::{Acks, Route, Shortcut};
 use super::task::{Applied, ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
-use crate::codec::{self, encode_receipt, DecodeError, DecodeLimits};
+use crate::codec::{encode_receipt, DecodeError};
 use crate::config::Config;
 use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
@@ -191,7 +191,7 @@ pub struct Processor {
     /// Records produced since the last commit (nothing to commit when 0 and no state changed).
     sent: u64,
     rocks: RocksOptions,
-    limits: DecodeLimits,
+    decoder: InputDecoder,
     repartition: String,
     changelog: String,
     dlq: String,
@@ -279,7 +279,7 @@ impl Processor {
         let partitions = cfg.topics.partitions;
         Ok(Processor {
             probe,
-            limits: cfg.decode_limits(),
+            decoder: InputDecoder::new(&cfg),
             repartition: cfg.repartition_topic(),
             changelog: cfg.changelog_topic(),
             dlq: cfg.dlq_topic(),
@@ -396,11 +396,10 @@ impl Processor {
             }
             Body::Raw(mut raw) => {
                 bytes.inc_by(raw.payload().len() as u64);
-                let topics = &self.cfg.topics;
                 // Kept as it came without a verdict (not decoded when polled): decoded now.
                 let decoded = match raw.error.take() {
                     Some(e) => Err(e),
-                    None => codec::decode_input(&topic, &topics.read, &topics.room_prefix, raw.payload(), &self.limits),
+                    None => self.decoder.input(&topic, raw.payload()),
                 };
                 match decoded {
                     Ok(event) => Some(event),

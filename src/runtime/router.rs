@@ -8,7 +8,8 @@
 //! parked, beyond the per-user bound, and dropped. So a record is routed only when no other
 //! assigned partition can still deliver an earlier one: every partition either has buffered
 //! records (whose heads are compared) or has nothing left to fetch. A partition known to have
-//! unfetched records holds routing back until it is fetched, or for at most `max_idle`.
+//! unfetched records holds routing back until it is fetched, or for at most `max_idle`
+//! (at least [`FIRST_FETCH_PATIENCE`] for one nothing was polled from yet).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 
-use crate::codec::DecodeError;
+use crate::codec::{self, DecodeError, DecodeLimits};
+use crate::config::Config;
 use crate::receipts::Event;
 
 // Every polled record is looked up in both maps: foldhash, as the engine's maps, not SipHash.
@@ -47,8 +49,8 @@ pub struct Polled {
 pub enum Body {
     /// An input record, decoded; `bytes`: the length of its payload.
     Event { event: Event, bytes: u32 },
-    /// A record as it came: one of the repartition topic (its task decodes it), or an input
-    /// record that did not decode, with its error (routing dead-letters it).
+    /// A record as it came: a record of the repartition topic (its task decodes it), or an
+    /// input record that did not decode, with its error (routing dead-letters it).
     Raw(Box<Raw>),
 }
 
@@ -66,15 +68,42 @@ pub struct Raw {
 /// `Raw::key_len` of a record without a key (which is not the same as an empty key).
 const NO_KEY: u32 = u32::MAX;
 
-/// How a polled record is decoded: `None` for a record that is not input (the repartition
-/// topic's), else the input decoder's verdict.
-pub type Decode<'a> = dyn Fn(&str, &[u8]) -> Option<Result<Event, DecodeError>> + 'a;
+/// How input records are decoded, by topic: the read topic's, and the room topics' (whose
+/// room the topic names).
+pub struct InputDecoder {
+    read: String,
+    room_prefix: String,
+    repartition: String,
+    limits: DecodeLimits,
+}
+
+impl InputDecoder {
+    pub fn new(cfg: &Config) -> Self {
+        InputDecoder {
+            read: cfg.topics.read.clone(),
+            room_prefix: cfg.topics.room_prefix.clone(),
+            repartition: cfg.repartition_topic(),
+            limits: cfg.decode_limits(),
+        }
+    }
+
+    /// An input record of `topic` -> its event.
+    pub fn input(&self, topic: &str, payload: &[u8]) -> Result<Event, DecodeError> {
+        codec::decode_input(topic, &self.read, &self.room_prefix, payload, &self.limits)
+    }
+
+    /// A polled record's verdict: `None` for one of the repartition topic, which its task
+    /// decodes.
+    fn polled(&self, topic: &str, payload: &[u8]) -> Option<Result<Event, DecodeError>> {
+        (topic != self.repartition).then(|| self.input(topic, payload))
+    }
+}
 
 impl Polled {
-    pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames, decode: &Decode<'_>) -> Polled {
+    pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames, decoder: &InputDecoder) -> Polled {
         let topic = topics.get(m.topic());
         let payload = m.payload();
-        let error = match decode(&topic, payload.unwrap_or_default()) {
+        let error = match decoder.polled(&topic, payload.unwrap_or_default()) {
             Some(Ok(event)) => {
                 // A Kafka record is far smaller than 4 GiB.
                 let bytes = payload.map_or(0, |p| u32::try_from(p.len()).expect("a record under 4 GiB"));
