@@ -253,7 +253,7 @@ pub trait Backlog {
 /// per request. So over a backlog of 1,016 partitions the last room topics were first fetched
 /// about 2 s after the read topic's partitions, with their watermarks long known; waiting for
 /// them only `max_idle` (1 s) routed the 420,000 records buffered meanwhile out of order, and
-/// the reads that ran ahead of their messages (up to 277,000 per run) were parked, and many
+/// the reads that ran ahead of their messages (82,840-384,372 per run) were parked, and many
 /// dropped (BENCHMARKS.md, 5 December, later).
 pub const FIRST_FETCH_PATIENCE: Duration = Duration::from_secs(10);
 
