@@ -94,6 +94,10 @@ fn the_passthrough_copies_a_live_chat_with_its_timestamps_and_reports_its_latenc
     let (p50, p99, p999) = (figure("latency_p50_ms"), figure("latency_p99_ms"), figure("latency_p999_ms"));
     assert!(1 <= p50 && p50 <= p99 && p99 <= p999, "{out}");
     assert!(p999 < 30_000, "measured from each record's due time, not from some other clock: {out}");
+    // The sustained rate is the chat's own pace (60 messages at 20 a second, their reads just
+    // after): about a third of the records a second, not the rate of a backlog.
+    let (sustained, pace) = (figure("sustained_events_per_s"), events as u64 / 3);
+    assert!(pace / 4 <= sustained && sustained <= pace * 4, "sustained {sustained}/s, the chat's pace {pace}/s: {out}");
 
     // Every record is in the sink, stamped as its input was: for a read, its read_at.
     let copied = read_all(&s.bootstrap, &sink, events);

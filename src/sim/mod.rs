@@ -10,5 +10,6 @@
 
 pub mod clients;
 pub mod model;
+pub mod rate;
 pub mod run;
 pub mod workload;

@@ -71,6 +71,9 @@ pub struct Report {
     /// processor's output timestamps may be its input's, as Kafka Streams' are).
     pub first_receipt_ms: i64,
     pub last_receipt_ms: i64,
+    /// Input events per second while the middle 80% of the receipts arrived (see
+    /// [`super::rate`]); `None` with too few receipts.
+    pub sustained_events_per_s: Option<f64>,
 }
 
 impl Report {
@@ -358,6 +361,8 @@ impl Checker {
             }
         }
         report.unexpected = seen.keys().filter(|k| !expected.contains_key(*k)).count();
+        let mut arrivals: Vec<i64> = seen.values().map(|s| s.arrived_ms).collect();
+        report.sustained_events_per_s = super::rate::sustained_of(report.events as u64, &mut arrivals);
         let mut missing: Vec<_> = expected.keys().filter(|k| !seen.contains_key(*k)).collect();
         missing.sort();
         if !missing.is_empty() {
@@ -371,7 +376,7 @@ impl Checker {
             print_latency("check: read -> receipt latency (ms, from when the completing event was due)", &latency);
         }
         println!(
-            "RESULT events={} expected={} received={} missing={} unexpected={} wrong={} duplicates={} first_receipt_ms={} last_receipt_ms={}",
+            "RESULT events={} expected={} received={} missing={} unexpected={} wrong={} duplicates={} first_receipt_ms={} last_receipt_ms={} sustained_events_per_s={:.0}",
             report.events,
             report.expected,
             report.received,
@@ -380,7 +385,8 @@ impl Checker {
             report.wrong,
             report.duplicates,
             report.first_receipt_ms,
-            report.last_receipt_ms
+            report.last_receipt_ms,
+            report.sustained_events_per_s.unwrap_or(0.0)
         );
         Ok(report)
     }
@@ -456,6 +462,9 @@ fn poll_receipts(
 /// due time each record could be read there, leaving out the records due in the first
 /// `warmup`: the transport floor under allread's read -> receipt latency at the same load.
 /// (The simulator stamps chat time: the chat must run at `--speed 1` for this to hold.)
+/// Prints, as `RESULT`, the seconds from the first record polled to the last acknowledged,
+/// when that was (`last_ms`), and the sustained rate: records per second from the one at 10%
+/// to the one at 90% handed to the producer ([`super::rate`]).
 pub fn passthrough(
     bootstrap: &str,
     room_pattern: &str,
@@ -503,6 +512,9 @@ pub fn passthrough(
     let mut n = 0u64;
     let mut first: Option<Instant> = None;
     let mut last_commit = Instant::now();
+    // When the records at the sustained rate's marks were sent (see `super::rate`).
+    let (first_mark, second_mark) = super::rate::marks(expect);
+    let mut at_marks = [0i64; 2];
     while n < expect {
         let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
         let m = m?;
@@ -515,6 +527,12 @@ pub fn passthrough(
             record = record.timestamp(ts);
         }
         crate::kafka::send(&producer, record)?;
+        if n == first_mark {
+            at_marks[0] = now_ms();
+        }
+        if n == second_mark {
+            at_marks[1] = now_ms();
+        }
         n += 1;
         if last_commit.elapsed() > Duration::from_millis(100) {
             crate::kafka::flush(&producer, Duration::from_secs(60))?;
@@ -524,8 +542,12 @@ pub fn passthrough(
     }
     crate::kafka::flush(&producer, Duration::from_secs(60))?;
     let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    eprintln!("passthrough: {n} records in {secs:.2} s ({:.0}/s)", n as f64 / secs);
-    println!("RESULT records={n} seconds={secs:.3}");
+    let sustained = super::rate::sustained(n, n, at_marks[0], at_marks[1]).unwrap_or(0.0);
+    eprintln!(
+        "passthrough: {n} records in {secs:.2} s from the first one polled ({:.0}/s; {sustained:.0}/s sustained)",
+        n as f64 / secs
+    );
+    println!("RESULT records={n} seconds={secs:.3} last_ms={} sustained_events_per_s={sustained:.0}", now_ms());
     if let Some(measure) = measure {
         done.store(true, Ordering::Relaxed);
         let h = measure.join().map_err(|_| anyhow::anyhow!("the latency thread panicked"))??;
