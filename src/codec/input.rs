@@ -99,7 +99,7 @@ impl DecodeError {
 
 /// A JSON value, kept only as far as the decoder needs it. `Absent` (the field is not
 /// there) differs from `null`, which is a value of the wrong type.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 enum Field<'a> {
     #[default]
     Absent,
@@ -162,7 +162,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
 }
 
 /// Every field any input shape has; unknown fields are skipped.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct Raw<'a> {
     #[serde(rename = "type", default, borrow)]
     kind: Field<'a>,
@@ -199,7 +199,102 @@ fn parse<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Raw<'a>, DecodeEr
             return Err(DecodeError::NotJson { detail });
         }
     }
+    match parse_flat(text) {
+        Some(raw) => Ok(raw),
+        None => parse_serde(text),
+    }
+}
+
+fn parse_serde(text: &str) -> Result<Raw<'_>, DecodeError> {
     serde_json::from_str(text).map_err(|e| DecodeError::NotJson { detail: e.to_string() })
+}
+
+/// The common shape, read without serde: one flat object whose values are strings without
+/// escapes or non-negative integers of up to 18 digits, as chat clients write them. `None`
+/// for anything else (an escape, a nested value, a float, a negative number, a known field
+/// twice, bytes after the object), which [`parse_serde`] then reads or rejects as before. On
+/// every input it reads, it gives what `parse_serde` gives (a property test). JSON parsing
+/// was two thirds of decoding, and decoding a seventh of the processing thread (BENCHMARKS.md).
+fn parse_flat(text: &str) -> Option<Raw<'_>> {
+    let b = text.as_bytes();
+    let mut raw = Raw::default();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(raw);
+    }
+    loop {
+        let (key, next) = flat_string(text, i)?;
+        i = skip_ws(b, next);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let (value, next) = match b.get(i)? {
+            b'"' => flat_string(text, i).map(|(v, next)| (Field::Str(Cow::Borrowed(v)), next))?,
+            b'0'..=b'9' => flat_integer(b, i).map(|(v, next)| (Field::Int(v), next))?,
+            _ => return None,
+        };
+        let slot = match key {
+            "type" => Some(&mut raw.kind),
+            "room_id" => Some(&mut raw.room_id),
+            "message_id" => Some(&mut raw.message_id),
+            "sender_id" => Some(&mut raw.sender_id),
+            "user_id" => Some(&mut raw.user_id),
+            "sent_at" => Some(&mut raw.sent_at),
+            "at" => Some(&mut raw.at),
+            "read_at" => Some(&mut raw.read_at),
+            "scope" => Some(&mut raw.scope),
+            _ => None, // skipped, as serde skips unknown fields
+        };
+        if let Some(slot) = slot {
+            if *slot != Field::Absent {
+                return None; // serde rejects a duplicate field
+            }
+            *slot = value;
+        }
+        i = skip_ws(b, next);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(raw),
+            _ => return None,
+        }
+    }
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// A string without escapes or control characters starting at `i` (its opening quote): its
+/// content and the index after its closing quote.
+fn flat_string(text: &str, i: usize) -> Option<(&str, usize)> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let len = b.get(start..)?.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let end = start + len;
+    // Both ends are ASCII bytes, so both are char boundaries.
+    (b[end] == b'"').then(|| (&text[start..end], end + 1))
+}
+
+/// A non-negative integer of 1 to 18 digits (so that it fits an i64) starting at `i`, not
+/// followed by a fraction or an exponent, without a leading zero: its value and the index after it.
+fn flat_integer(b: &[u8], i: usize) -> Option<(i64, usize)> {
+    let len = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if len == 0 || len > 18 || (len > 1 && b[i] == b'0') || matches!(b.get(i + len), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some((b[i..i + len].iter().fold(0i64, |v, c| v * 10 + i64::from(c - b'0')), i + len))
 }
 
 fn text<'a>(field: &'static str, v: &'a Field<'a>) -> Result<Option<Cow<'a, str>>, DecodeError> {
@@ -373,5 +468,89 @@ mod tests {
         assert_eq!(kind(br#"{"type":"join","room_id":"a","user_id":"u","at":1}"#, Some("b")), "room_mismatch");
         assert_eq!(kind(br#"{"type":"join","user_id":"u","at":1}"#, None), "no_room");
         assert_eq!(kind(br#"{"type":"join","type":"leave"}"#, None), "not_json");
+    }
+
+    #[test]
+    fn the_records_clients_write_take_the_fast_path() {
+        let read = serde_json::json!({"room_id": "r1", "user_id": "u_7", "message_id": "m-9", "read_at": 1_795_860_000_123u64});
+        let message = serde_json::json!({"type": "message", "message_id": "m1", "sender_id": "alice",
+            "sent_at": "2026-11-28T10:00:00.123Z", "body": "hi"});
+        let join = serde_json::json!({"type": "join", "user_id": "bob", "at": 17});
+        for v in [read, message, join] {
+            let text = serde_json::to_string(&v).unwrap();
+            let fast = parse_flat(&text).unwrap_or_else(|| panic!("{text} left the fast path"));
+            assert_eq!(Ok(fast), parse_serde(&text), "{text}");
+        }
+        // With spaces and a scope, as a hand-written client may send it.
+        let text =
+            " {\"room_id\" : \"r\",\n\t\"scope\":\"message\", \"user_id\":\"u\",\"message_id\":\"m\",\"read_at\":0} ";
+        assert_eq!(Ok(parse_flat(text).unwrap()), parse_serde(text));
+    }
+
+    fn json_key() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("type"),
+            Just("room_id"),
+            Just("message_id"),
+            Just("sender_id"),
+            Just("user_id"),
+            Just("sent_at"),
+            Just("at"),
+            Just("read_at"),
+            Just("scope"),
+            Just("body"),
+            Just("x"),
+            Just("ty\\u0070e"), // "type", escaped: serde matches it, the fast path leaves it
+        ]
+        .prop_map(|k| format!("\"{k}\""))
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-zA-Z0-9_ :.-]{0,8}".prop_map(|s| format!("\"{s}\"")),
+            "0|[1-9][0-9]{0,19}", // up to 20 digits: past an i64
+            Just("\"join\"".to_string()),
+            Just("\"message\"".to_string()),
+            Just("\"up_to\"".to_string()),
+            Just("\"2026-11-28T10:00:00Z\"".to_string()),
+            Just("\"a\\\"b\"".to_string()),
+            Just("\"\\u00e9\"".to_string()),
+            Just("\"é\"".to_string()),
+            Just("\"tab\there\"".to_string()), // a raw control character: not JSON
+            Just("007".to_string()),
+            Just("-5".to_string()),
+            Just("-0".to_string()),
+            Just("1.5".to_string()),
+            Just("1e3".to_string()),
+            Just("2E1".to_string()),
+            Just("true".to_string()),
+            Just("null".to_string()),
+            Just("{}".to_string()),
+            Just("[1, \"x\"]".to_string()),
+            Just("{\"a\":{\"b\":1}}".to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the fast path reads, serde reads the same; what it leaves, serde decides.
+        #[test]
+        fn the_fast_path_reads_what_serde_reads(
+            fields in proptest::collection::vec((json_key(), json_value(), "[ \t\n\r]{0,2}", "[ \t\n\r]{0,2}"), 0..7),
+            lead in "[ \t\n]{0,2}",
+            tail in proptest::prop_oneof!["[ \t\n\r]{0,2}", proptest::strategy::Just(",".to_string()),
+                proptest::strategy::Just("}".to_string()), proptest::strategy::Just("x".to_string())],
+            trailing_comma: bool,
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v, a, b)| format!("{a}{k}{b}:{a}{v}{b}")).collect();
+            let comma = if trailing_comma && !body.is_empty() { "," } else { "" };
+            let text = format!("{lead}{{{}{comma}}}{tail}", body.join(","));
+            if let Some(fast) = parse_flat(&text) {
+                proptest::prop_assert_eq!(Ok(fast), parse_serde(&text), "{}", text);
+            }
+            let whole = parse(text.as_bytes(), &DecodeLimits::default());
+            proptest::prop_assert_eq!(whole, parse_serde(&text), "{}", text);
+        }
     }
 }
