@@ -435,12 +435,16 @@ mod tests {
         let c = input_consumer_config(&cfg);
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some(crate::kafka::FETCH_QUEUE_BACKOFF_MS));
         assert_eq!(c.get("fetch.max.bytes"), Some(crate::kafka::INPUT_FETCH_MAX_BYTES));
+        assert_eq!(c.get("fetch.min.bytes"), Some(crate::kafka::INPUT_FETCH_MIN_BYTES));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some(crate::kafka::INPUT_FETCH_WAIT_MAX_MS));
         assert_eq!(c.get("isolation.level"), Some("read_committed"));
         assert_eq!(c.get("group.id"), Some(cfg.application_id.as_str()));
         cfg.kafka.insert("fetch.queue.backoff.ms".into(), "250".into());
         cfg.kafka.insert("fetch.max.bytes".into(), "52428800".into());
+        cfg.kafka.insert("fetch.min.bytes".into(), "1".into());
         let c = input_consumer_config(&cfg);
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("250"), "kafka.* wins");
         assert_eq!(c.get("fetch.max.bytes"), Some("52428800"), "kafka.* wins");
+        assert_eq!(c.get("fetch.min.bytes"), Some("1"), "kafka.* wins");
     }
 }
