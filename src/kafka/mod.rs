@@ -95,11 +95,11 @@ pub const INPUT_FETCH_MAX_BYTES: &str = "16777216";
 /// The least a fetch response should carry (`fetch.min.bytes`: 64 KiB) and the longest the
 /// broker holds a fetch to gather it (`fetch.wait.max.ms`: 10 ms), for consumers of input.
 /// With librdkafka's defaults (1 byte, 500 ms) a consumer of a live stream fetches again as
-/// soon as anything has arrived: at 150,000 events/s over 108 input partitions, hundreds of
-/// small requests a second, and the broker's cost per request made it the largest user of a
-/// two-core machine, ahead of allread. With these, the broker answers a busy stream every few
-/// milliseconds with more in each response. On the live chat at 150,000 events/s the p99 from
-/// read to receipt fell in every round of an A/B (BENCHMARKS.md). A sparse stream waits up to
+/// soon as anything has arrived, in small responses, and at half load the broker's cost per
+/// request made it the largest user of a two-core machine, ahead of allread. With these, each
+/// response gathers up to 64 KiB or 10 ms of input. On the live chat at 150,000 events/s the
+/// p99 from read to receipt fell in every round of a paired A/B; a single unpaired
+/// `scripts/bench` run afterwards did not show it (BENCHMARKS.md). A sparse stream waits up to
 /// 10 ms more per fetch; a backlog fills 64 KiB at once.
 pub const INPUT_FETCH_MIN_BYTES: &str = "65536";
 pub const INPUT_FETCH_WAIT_MAX_MS: &str = "10";
