@@ -132,6 +132,7 @@ fn run_engine<S: KvStore>(
         outcomes = add(&carried, engine.outcomes());
     }
     engine.commit(Vec::new()).unwrap();
+    engine.wait_written().unwrap();
     Run { emitted, outcomes, stored: dump(engine.store()) }
 }
 

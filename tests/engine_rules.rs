@@ -280,6 +280,7 @@ fn rule_10_pending_messages_and_markers_expire() {
     assert_eq!(r.engine.outcomes().marker_expired, 1);
     assert!(r.engine.message_view("r", "m1").unwrap().is_none());
     r.engine.commit(Vec::new()).unwrap();
+    r.engine.wait_written().unwrap();
     // Nothing of m1 is left in the store but the room's meta and its two members.
     assert_eq!(r.engine.store().len(), 3);
 }
@@ -343,9 +344,11 @@ fn reads_of_rooms_that_never_exist_leave_nothing_once_expired() {
             .unwrap();
     }
     r.engine.commit(Vec::new()).unwrap();
+    r.engine.wait_written().unwrap();
     assert!(r.engine.store().len() >= 100, "parked reads and their expiry entries are stored");
     r.tick(100);
     r.engine.commit(Vec::new()).unwrap();
+    r.engine.wait_written().unwrap();
     assert_eq!(r.engine.outcomes().parked_read_expired, 50);
     assert_eq!(r.engine.store().len(), 0, "nothing of the bogus rooms is left");
 }

@@ -158,3 +158,44 @@ fn batch_number_of(store: &RocksStore, keys: u32) -> Option<u32> {
     assert!(numbers.len() <= 1, "keys from different batches: {numbers:?}");
     numbers.into_iter().next()
 }
+
+/// Threads of this process with the name `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// The tasks' stores write a commit's batch on the options' writer thread (`start_write`):
+/// reads in the meantime see whole batches, never a torn one and never older than the batch
+/// before; `finish_write` waits for it; dropping the store lets the batch in flight land
+/// before the database closes, and the thread ends with the last user of its options. (No
+/// other test here starts a writer thread: they write with `write`.)
+#[test]
+fn background_writes_land_whole_in_order_and_before_the_store_closes() {
+    const KEYS: u32 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("task-7");
+    let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb::default());
+    assert!(opts.background_writes.is_some());
+    {
+        let mut store = RocksStore::open(&path, &opts).unwrap();
+        assert_eq!(threads_named("store-writer"), 0, "started by the first background write");
+        for n in 0..50 {
+            store.start_write(std::sync::Arc::new(numbered_batch(n, KEYS))).unwrap();
+            let seen = batch_number_of(&store, KEYS);
+            assert!(n == 0 || seen >= Some(n - 1), "batch {n} begun, the store holds {seen:?}");
+        }
+        assert_eq!(threads_named("store-writer"), 1);
+        store.finish_write().unwrap();
+        assert!(store.write_ended());
+        assert_eq!(batch_number_of(&store, KEYS), Some(49));
+        store.start_write(std::sync::Arc::new(numbered_batch(50, KEYS))).unwrap();
+    }
+    let store = RocksStore::open(&path, &opts).unwrap();
+    assert_eq!(batch_number_of(&store, KEYS), Some(50), "the batch in flight landed before the store closed");
+    drop((store, opts));
+    assert_eq!(threads_named("store-writer"), 0, "the writer thread ends with its last user");
+}

@@ -7,10 +7,12 @@
 //! under one storage access.
 //!
 //! Markers of finished messages and the expiry index are not per-room in-memory state: they
-//! are read from the store on demand, through `side` (writes not yet committed).
+//! are read from the store on demand, through `side` (writes not yet committed) and the
+//! commit the store may still be writing (`in_flight`, see [`Engine::write_prepared`]).
 
 use super::HashMap;
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
+use std::sync::Arc;
 
 use super::config::EngineConfig;
 use super::event::{Event, Id, Millis, ReadScope, ReceiptComplete};
@@ -49,11 +51,20 @@ pub(super) struct SideWrites {
 }
 
 impl SideWrites {
-    pub(super) fn get(&self, store: &dyn KvStore, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.writes.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => store.get(key),
+    /// `key` as the engine sees it: these writes, then the commit in flight, then the store.
+    pub(super) fn get(
+        &self,
+        in_flight: Option<&InFlight>,
+        store: &dyn KvStore,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
         }
+        if let Some(v) = in_flight.and_then(|f| f.get(key)) {
+            return Ok(v.clone());
+        }
+        store.get(key)
     }
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
@@ -68,9 +79,39 @@ impl SideWrites {
     }
 }
 
+/// A commit's batch that the store may still be writing ([`KvStore::start_write`]). Its side
+/// writes (markers and the expiry index) are a sorted run of it, `side`; the engine reads
+/// them from here until the store holds the batch. Room keys are not read here: a room in
+/// the batch is cached, and loading one (a prefix scan) first waits for the write.
+pub(super) struct InFlight {
+    batch: Arc<WriteBatch>,
+    side: Range<usize>,
+}
+
+impl InFlight {
+    fn side(&self) -> &[Write] {
+        &self.batch.writes[self.side.clone()]
+    }
+
+    /// The batch's write of `key` (`Some(None)`: a delete), if it has one.
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        let side = self.side();
+        side.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok().map(|i| &side[i].1)
+    }
+
+    /// The batch's side writes with `from <= key < to`, in key order.
+    fn range(&self, from: &[u8], to: &[u8]) -> &[Write] {
+        let side = self.side();
+        let start = side.partition_point(|(k, _)| k.as_slice() < from);
+        let end = side.partition_point(|(k, _)| k.as_slice() < to);
+        &side[start..end.max(start)]
+    }
+}
+
 /// Everything the rules touch besides the room itself.
 struct Ctx<'a> {
     store: &'a dyn KvStore,
+    in_flight: Option<&'a InFlight>,
     side: &'a mut SideWrites,
     config: &'a EngineConfig,
     outcomes: &'a mut Outcomes,
@@ -87,6 +128,10 @@ pub struct Engine<S> {
     cached_entries: usize,
     dirty_rooms: Vec<Id>,
     pub(super) side: SideWrites,
+    /// The last commit, until the store is known to hold it.
+    pub(super) in_flight: Option<InFlight>,
+    /// Where the side writes are in the batch `prepare_commit` returned last.
+    prepared_side: Range<usize>,
     emitted: Vec<ReceiptComplete>,
     outcomes: Outcomes,
     poisoned: bool,
@@ -106,6 +151,8 @@ impl<S: KvStore> Engine<S> {
             cached_entries: 0,
             dirty_rooms: Vec::new(),
             side: SideWrites::default(),
+            in_flight: None,
+            prepared_side: 0..0,
             emitted: Vec::new(),
             outcomes: Outcomes::default(),
             poisoned: false,
@@ -115,18 +162,45 @@ impl<S: KvStore> Engine<S> {
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
+    /// The store, which may not hold the last commit yet (see [`Engine::wait_written`]).
     pub fn store(&self) -> &S {
         &self.store
     }
-    /// The store itself, for writes that bypass the engine (restoring a changelog into a
-    /// task's store before its engine is used). Drop the engine afterwards: its cache does not
-    /// know about such writes.
-    pub fn store_mut(&mut self) -> &mut S {
-        &mut self.store
+    /// The store itself, once it holds every commit, for writes that bypass the engine
+    /// (restoring a changelog into a task's store before its engine is used). Drop the engine
+    /// afterwards: its cache does not know about such writes.
+    pub fn store_mut(&mut self) -> Result<&mut S, StoreError> {
+        self.settle()?;
+        Ok(&mut self.store)
     }
-    /// Gives the store back, dropping uncommitted changes.
-    pub fn into_store(self) -> S {
+    /// Gives the store back once it holds every commit that did not fail, dropping
+    /// uncommitted changes. (A commit that failed to write is not in the store at all, so the
+    /// store is at an earlier commit, whole.)
+    pub fn into_store(mut self) -> S {
+        let _ = self.wait_written();
         self.store
+    }
+    /// Waits until the store holds the last commit. An error says that writing it failed: the
+    /// engine is poisoned (its cache is ahead of the store) and must be rebuilt on the store.
+    pub fn wait_written(&mut self) -> Result<(), EngineError> {
+        Ok(self.settle()?)
+    }
+    fn settle(&mut self) -> Result<(), StoreError> {
+        if self.in_flight.take().is_some() {
+            if let Err(e) = self.store.finish_write() {
+                self.poisoned = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+    /// Lets go of the commit in flight once the store has written it: from then on, lookups
+    /// go straight to the store.
+    fn release_written(&mut self) -> Result<(), EngineError> {
+        if self.in_flight.is_some() && self.store.write_ended() {
+            self.wait_written()?;
+        }
+        Ok(())
     }
     /// Counts since the engine was created.
     pub fn outcomes(&self) -> &Outcomes {
@@ -154,11 +228,13 @@ impl<S: KvStore> Engine<S> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
+        self.release_written()?;
         let room_id = event.room_id().clone();
         self.load(&room_id)?;
         let room = self.rooms.get_mut(&room_id).expect("loaded above");
         let mut ctx = Ctx {
             store: &self.store,
+            in_flight: self.in_flight.as_ref(),
             side: &mut self.side,
             config: &self.config,
             outcomes: &mut self.outcomes,
@@ -186,6 +262,7 @@ impl<S: KvStore> Engine<S> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
+        self.release_written()?;
         let due = self.due_expiries(now)?;
         for key in &due {
             let entry = persist::parse_expiry_key(key)?;
@@ -194,7 +271,7 @@ impl<S: KvStore> Engine<S> {
                 persist::EXPIRE_MARKER => {
                     let message_id = String::from_utf8_lossy(&id);
                     let mkey = persist::marker_key(&room_id, &message_id);
-                    if let Some(bytes) = self.side.get(&self.store, &mkey)? {
+                    if let Some(bytes) = self.side.get(self.in_flight.as_ref(), &self.store, &mkey)? {
                         let marker: MarkerV1 = persist::decode(&mkey, &bytes)?;
                         if marker.expire_at == at {
                             self.side.delete(mkey, true);
@@ -214,6 +291,7 @@ impl<S: KvStore> Engine<S> {
                     }
                     let mut ctx = Ctx {
                         store: &self.store,
+                        in_flight: self.in_flight.as_ref(),
                         side: &mut self.side,
                         config: &self.config,
                         outcomes: &mut self.outcomes,
@@ -234,16 +312,18 @@ impl<S: KvStore> Engine<S> {
         Ok(due.len())
     }
 
-    /// Expiry index keys due at `now`, committed and uncommitted, in key order.
+    /// Expiry index keys due at `now`, in key order: those in the store, in the commit in
+    /// flight and uncommitted, each as the newest of the three has it.
     fn due_expiries(&self, now: Millis) -> Result<Vec<Vec<u8>>, StoreError> {
+        let lower = [persist::TAG_EXPIRY];
         let upper = persist::expiry_upper_bound(now);
         let mut keys = Vec::new();
-        self.store.scan(&[persist::TAG_EXPIRY], Some(&upper), &mut |k, _| {
+        self.store.scan(&lower, Some(&upper), &mut |k, _| {
             keys.push(k.to_vec());
             keys.len() < EXPIRY_BATCH
         })?;
-        keys.retain(|k| !matches!(self.side.writes.get(k), Some(None)));
-        let lower = [persist::TAG_EXPIRY];
+        let behind = self.in_flight.as_ref().map_or(&[][..], |f| f.range(&lower, &upper));
+        keys.extend(behind.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()));
         for (k, v) in &self.side.writes {
             if v.is_some() && k.as_slice() >= &lower[..] && k.as_slice() < &upper[..] {
                 keys.push(k.clone());
@@ -251,17 +331,25 @@ impl<S: KvStore> Engine<S> {
         }
         keys.sort_unstable();
         keys.dedup();
+        // A key only the store has is there; the others are as their newest write says.
+        keys.retain(|k| match self.side.writes.get(k) {
+            Some(v) => v.is_some(),
+            None => match behind.binary_search_by(|(b, _)| b.cmp(k)) {
+                Ok(i) => behind[i].1.is_some(),
+                Err(_) => true,
+            },
+        });
         keys.truncate(EXPIRY_BATCH);
         Ok(keys)
     }
 
     /// Collects every uncommitted change as one batch (plus `extra`, e.g. the input offsets
-    /// these changes consumed), writes it atomically, and returns it (e.g. for a changelog).
-    /// If the write fails the engine is poisoned: drop it and build a new one on the store.
-    pub fn commit(&mut self, extra: Vec<Write>) -> Result<WriteBatch, EngineError> {
+    /// these changes consumed), begins writing it atomically, and returns it (e.g. for a
+    /// changelog). If the write fails the engine is poisoned: drop it and build a new one on
+    /// the store.
+    pub fn commit(&mut self, extra: Vec<Write>) -> Result<Arc<WriteBatch>, EngineError> {
         let batch = self.prepare_commit(extra)?;
-        self.write_prepared(&batch)?;
-        Ok(batch)
+        self.write_prepared(batch)
     }
 
     /// The first half of [`Engine::commit`]: every uncommitted change as one batch (plus
@@ -284,22 +372,34 @@ impl<S: KvStore> Engine<S> {
         }
         let start = batch.writes.len();
         batch.writes.extend(std::mem::take(&mut self.side.writes));
-        // In key order, as RocksDB inserts a sorted batch fastest, and for a repeatable changelog.
+        // In key order, as RocksDB inserts a sorted batch fastest, for a repeatable changelog,
+        // and so that the commit in flight is searchable (`InFlight`).
         batch.writes[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.prepared_side = start..batch.writes.len();
         batch.writes.extend(extra);
         // Until the batch is written, the store is behind what the engine has handed out.
         self.poisoned = true;
         Ok(batch)
     }
 
-    /// The second half of [`Engine::commit`]: writes a batch from [`Engine::prepare_commit`]
-    /// atomically (the caller may have added writes of its own). If the write fails the engine
-    /// stays poisoned.
-    pub fn write_prepared(&mut self, batch: &WriteBatch) -> Result<(), EngineError> {
-        self.store.write(batch)?;
+    /// The second half of [`Engine::commit`]: begins writing a batch from
+    /// [`Engine::prepare_commit`] atomically (the caller may have added writes of its own at
+    /// its end), after the commit before it, and returns it.
+    ///
+    /// A store that writes in the background may still be writing it when this returns. The
+    /// engine goes on at once: it reads the batch's markers and expiry entries from its own
+    /// copy, and waits for the write before anything that reads more of the store (loading a
+    /// room that is not cached) and before the next commit's write. A failed write shows in
+    /// [`Engine::wait_written`] or in whichever later call waited for it, and poisons the
+    /// engine. If starting the write fails the engine stays poisoned.
+    pub fn write_prepared(&mut self, batch: WriteBatch) -> Result<Arc<WriteBatch>, EngineError> {
+        self.wait_written()?;
+        let batch = Arc::new(batch);
+        self.store.start_write(batch.clone())?;
+        self.in_flight = Some(InFlight { batch: batch.clone(), side: std::mem::take(&mut self.prepared_side) });
         self.poisoned = false;
         self.evict();
-        Ok(())
+        Ok(batch)
     }
 
     /// Evicts least recently used rooms once the cache is past its budget, down to 90% of
@@ -329,6 +429,8 @@ impl<S: KvStore> Engine<S> {
         if let Some(room) = self.rooms.get_mut(room_id) {
             room.last_used = self.clock;
         } else {
+            // The room may have been evicted with its last changes still in flight.
+            self.settle()?;
             let mut room = Room::load(&self.store, room_id.clone())?;
             room.last_used = self.clock;
             self.cached_entries += room.weight;
@@ -340,7 +442,7 @@ impl<S: KvStore> Engine<S> {
 
 fn marker(ctx: &Ctx, room: &str, message_id: &str) -> Result<Option<MarkerV1>, StoreError> {
     let key = persist::marker_key(room, message_id);
-    match ctx.side.get(ctx.store, &key)? {
+    match ctx.side.get(ctx.in_flight, ctx.store, &key)? {
         Some(bytes) => Ok(Some(persist::decode(&key, &bytes)?)),
         None => Ok(None),
     }
@@ -630,4 +732,57 @@ fn complete(room: &mut Room, ctx: &mut Ctx, seq: u64) {
         completed_at: ctx.now,
         required_readers: p.required,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn id(s: &str) -> Id {
+        s.into()
+    }
+
+    /// The in-memory store applies a batch only when the next write or a wait asks for it, so
+    /// between two commits the engine must read the last one from its own copy.
+    #[test]
+    fn the_commit_in_flight_is_read_before_the_store_and_its_deletes_hide_stored_keys() {
+        let mut engine = Engine::new(MemoryStore::new(), EngineConfig::default());
+        let (room, now) = (id("r"), 1_000);
+        for user in ["a", "b"] {
+            engine.apply(&Event::Join { room_id: room.clone(), user_id: id(user), at: 0 }, now).unwrap();
+        }
+        let message = Event::Message { room_id: room.clone(), message_id: id("m1"), sender_id: id("a"), sent_at: 7 };
+        engine.apply(&message, now).unwrap();
+        engine.commit(Vec::new()).unwrap();
+        assert!(engine.store().is_empty(), "the first commit is still in flight");
+        let pending_entry = |engine: &Engine<MemoryStore>| {
+            let keys = engine.due_expiries(Millis::MAX / 2).unwrap();
+            keys.into_iter().filter(|k| persist::parse_expiry_key(k).unwrap().kind == persist::EXPIRE_PENDING).count()
+        };
+        assert_eq!(pending_entry(&engine), 1, "a pending message's expiry entry, in flight only");
+
+        // b's read completes m1: its pending entry is deleted and its marker written, in the
+        // second commit, while the first lands in the store.
+        let read = Event::Read {
+            room_id: room.clone(),
+            user_id: id("b"),
+            message_id: id("m1"),
+            read_at: 0,
+            scope: ReadScope::UpTo,
+        };
+        engine.apply(&read, now).unwrap();
+        assert_eq!(engine.take_emitted().len(), 1);
+        engine.commit(Vec::new()).unwrap();
+        let marker = persist::marker_key("r", "m1");
+        assert!(engine.store().get(&marker).unwrap().is_none(), "the marker is in flight only");
+        assert!(engine.side.get(engine.in_flight.as_ref(), &engine.store, &marker).unwrap().is_some());
+        assert_eq!(pending_entry(&engine), 0, "the stored entry is deleted by the commit in flight");
+
+        // The same message again is a duplicate: its marker is found in flight.
+        engine.apply(&message, now).unwrap();
+        assert_eq!(engine.outcomes().duplicate_message, 1);
+        engine.wait_written().unwrap();
+        assert!(engine.store().get(&marker).unwrap().is_some());
+    }
 }

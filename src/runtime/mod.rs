@@ -260,13 +260,15 @@ fn input_consumer_config(cfg: &Config) -> rdkafka::ClientConfig {
 }
 
 /// RocksDB settings for the engine's stores: one memory budget (block cache and memtables)
-/// shared by every task, the room as the key prefix (one room load is one prefix scan), and
-/// no write-ahead log.
+/// shared by every task, the room as the key prefix (one room load is one prefix scan), no
+/// write-ahead log, and commits written in the background.
 pub fn engine_rocks_options(settings: &crate::config::Rocksdb) -> RocksOptions {
     let mut opts = RocksOptions::default().with_memory_budget(settings.memory_bytes, settings.write_buffer_bytes);
     opts.key_prefix = Some(KeyPrefix { name: persist::ROOM_PREFIX_SCHEME, prefix_len: persist::room_prefix_len });
     // The changelog is the tasks' log (see `RocksOptions::wal`).
     opts.wal = false;
+    // A commit's memtable inserts overlap the processing of what follows it.
+    opts.background_writes = Some(crate::store::rocks::BackgroundWriter::new());
     opts
 }
 

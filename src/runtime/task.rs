@@ -49,7 +49,8 @@ pub struct Task {
     dir: PathBuf,
     engine: Engine<RocksStore>,
     next_offset: Option<i64>,
-    /// `next_offset` as of the last commit (what the store holds under `_o`).
+    /// `next_offset` as of the last commit (what the store holds under `_o`, once the write
+    /// in flight has landed).
     committed_offset: Option<i64>,
     /// The next changelog offset the local store has not seen (`_c`).
     changelog_offset: Option<i64>,
@@ -238,12 +239,14 @@ impl Task {
     }
 
     /// Writes a prepared batch locally, once its changelog records are committed, with the
-    /// changelog offset that follows them, in one atomic write.
+    /// changelog offset that follows them, in one atomic write. The store may go on writing
+    /// it in the background (see `Engine::write_prepared`): the task reads it as committed at
+    /// once, and its local state is only ever that of a whole commit.
     pub fn finish_commit(&mut self, mut batch: WriteBatch, changelog_next: Option<i64>) -> Result<(), EngineError> {
         if let Some(c) = changelog_next {
             batch.put(KEY_CHANGELOG.to_vec(), c.to_be_bytes().to_vec());
         }
-        self.engine.write_prepared(&batch)?;
+        self.engine.write_prepared(batch)?;
         if changelog_next.is_some() {
             self.changelog_offset = changelog_next;
         }
@@ -278,7 +281,7 @@ impl Task {
             batch.writes.push((key, value));
         }
         batch.put(KEY_CHANGELOG.to_vec(), (last + 1).to_be_bytes().to_vec());
-        self.engine.store_mut().write(&batch)?;
+        self.engine.store_mut()?.write(&batch)?;
         self.changelog_offset = Some(last + 1);
         Ok(())
     }

@@ -5,11 +5,17 @@
 //! ([`memory::MemoryStore`]). Keys are ordered bytewise; every write goes through one atomic
 //! [`WriteBatch`], which is how a task's state changes and the input offsets they consumed
 //! become durable together.
+//!
+//! A store may write a batch in the background ([`KvStore::start_write`]): the caller then
+//! reads what it wrote from its own copy of the batch until [`KvStore::finish_write`] says
+//! the store holds it. That is how a task's commit leaves the memtable inserts to another
+//! thread while it goes on processing (see `Engine::write_prepared`).
 
 pub mod memory;
 pub mod rocks;
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// An error from a storage engine. Storage errors are not the input's fault: the caller
 /// stops the task's progress and may retry after reopening the store.
@@ -72,8 +78,29 @@ pub trait KvStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
 
-    /// Applies every write of `batch` atomically.
+    /// Applies every write of `batch` atomically, after the write [`KvStore::start_write`]
+    /// began (if any), and returns once reads see it.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError>;
+
+    /// Begins applying every write of `batch` atomically, after the write begun before (if
+    /// any). When this returns, reads may or may not see the batch, in whole or not at all,
+    /// until [`KvStore::finish_write`] returns. A store that cannot write in the background
+    /// writes the batch here.
+    fn start_write(&mut self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
+        self.write(&batch)
+    }
+
+    /// Waits until reads see the batch of the last [`KvStore::start_write`], and returns
+    /// whether writing it failed (a failed batch is not in the store at all). `Ok` when no
+    /// write is in progress.
+    fn finish_write(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether [`KvStore::finish_write`] would return at once.
+    fn write_ended(&self) -> bool {
+        true
+    }
 
     /// Visits every entry whose key starts with `prefix`.
     fn scan_prefix(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {

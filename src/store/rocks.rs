@@ -1,9 +1,13 @@
 //! The production [`KvStore`]: one RocksDB instance per task, as Kafka Streams keeps one
 //! store instance per task. Each instance owns its directory, memtables and write-ahead log
 //! (if it keeps one, see [`RocksOptions::wal`]); all instances of a process may share one
-//! block cache ([`RocksOptions::block_cache`]).
+//! block cache ([`RocksOptions::block_cache`]) and one writer thread for the batches of
+//! [`KvStore::start_write`] ([`RocksOptions::background_writes`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options,
@@ -46,6 +50,11 @@ pub struct RocksOptions {
     /// (RocksDB's default `avoid_flush_during_shutdown = false`, which the crate does not
     /// expose).
     pub wal: bool,
+    /// `Some`: [`KvStore::start_write`] hands the batch to this writer thread, shared by all
+    /// stores opened with these options, and returns at once (`None`: it writes on the
+    /// caller's thread). Converting a commit's batch and inserting it into the memtables then
+    /// overlaps the caller's next work.
+    pub background_writes: Option<BackgroundWriter>,
 }
 
 impl Default for RocksOptions {
@@ -57,6 +66,7 @@ impl Default for RocksOptions {
             write_buffer_bytes: 64 << 20,
             sync_writes: false,
             wal: true,
+            background_writes: None,
         }
     }
 }
@@ -84,11 +94,121 @@ impl RocksOptions {
 }
 
 pub struct RocksStore {
-    db: DB,
+    db: Arc<DB>,
     key_prefix: Option<KeyPrefix>,
     path: PathBuf,
-    sync_writes: bool,
+    write: WriteMode,
+    writer: Option<BackgroundWriter>,
+    /// The batch the writer has been given and this store has not seen the end of.
+    in_flight: Option<Submitted>,
+}
+
+#[derive(Clone, Copy)]
+struct WriteMode {
+    sync: bool,
     wal: bool,
+}
+
+/// A thread that writes batches to stores, in the order they come, for every store opened
+/// with the [`RocksOptions`] that hold it. Started by the first batch; stopped once the
+/// options and every store using it are gone.
+#[derive(Clone, Default)]
+pub struct BackgroundWriter {
+    inner: Arc<WriterThread>,
+}
+
+#[derive(Default)]
+struct WriterThread {
+    /// `None` until the first batch.
+    jobs: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+}
+
+struct Job {
+    db: Arc<DB>,
+    batch: Arc<WriteBatch>,
+    mode: WriteMode,
+    done: mpsc::SyncSender<Result<(), StoreError>>,
+    ended: Arc<AtomicBool>,
+}
+
+/// A batch given to the writer: its result comes on `done`; `ended` is set once it has.
+struct Submitted {
+    done: mpsc::Receiver<Result<(), StoreError>>,
+    ended: Arc<AtomicBool>,
+}
+
+impl BackgroundWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn submit(&self, db: Arc<DB>, batch: Arc<WriteBatch>, mode: WriteMode) -> Result<Submitted, StoreError> {
+        let (done, result) = mpsc::sync_channel(1);
+        let ended = Arc::new(AtomicBool::new(false));
+        let job = Job { db, batch, mode, done, ended: ended.clone() };
+        let mut jobs = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.is_none() {
+            let (sender, receiver) = mpsc::channel::<Job>();
+            let thread = std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || {
+                    for job in receiver {
+                        let result = write_db(&job.db, &job.batch, job.mode);
+                        // The store may close its database as soon as it has the result.
+                        let Job { db, batch, done, ended, .. } = job;
+                        drop((db, batch));
+                        let _ = done.send(result);
+                        ended.store(true, Ordering::Release);
+                    }
+                })
+                .map_err(|e| StoreError::Engine(format!("starting the store writer thread: {e}")))?;
+            *jobs = Some((sender, thread));
+        }
+        let (sender, _) = jobs.as_ref().expect("started above");
+        sender.send(job).map_err(|_| StoreError::Engine("the store writer thread stopped".into()))?;
+        Ok(Submitted { done: result, ended })
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        let jobs = self.jobs.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((sender, thread)) = jobs {
+            drop(sender);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Submitted {
+    fn wait(self) -> Result<(), StoreError> {
+        self.done.recv().unwrap_or_else(|_| Err(StoreError::Engine("the store writer thread stopped".into())))
+    }
+}
+
+impl Drop for RocksStore {
+    /// Lets the batch in flight land before the database closes (and flushes its memtables).
+    fn drop(&mut self) {
+        let _ = self.finish_write();
+    }
+}
+
+fn write_db(db: &DB, batch: &WriteBatch, mode: WriteMode) -> Result<(), StoreError> {
+    let mut wb = rocksdb::WriteBatch::default();
+    for (key, value) in &batch.writes {
+        match value {
+            Some(v) => wb.put(key, v),
+            None => wb.delete(key),
+        }
+    }
+    let mut wo = rocksdb::WriteOptions::default();
+    if mode.wal {
+        wo.set_sync(mode.sync);
+    } else {
+        wo.disable_wal(true);
+    }
+    wo.set_memtable_insert_hint_per_batch(true);
+    db.write_opt(wb, &wo).map_err(engine_err)
 }
 
 fn engine_err(e: rocksdb::Error) -> StoreError {
@@ -133,8 +253,15 @@ impl RocksStore {
             // prefix alone is in the memtable, so without this each miss searched its skiplist.
             opts.set_memtable_whole_key_filtering(true);
         }
-        let db = DB::open(&opts, &path).map_err(engine_err)?;
-        Ok(Self { db, key_prefix: tuning.key_prefix, path, sync_writes: tuning.sync_writes, wal: tuning.wal })
+        let db = Arc::new(DB::open(&opts, &path).map_err(engine_err)?);
+        Ok(Self {
+            db,
+            key_prefix: tuning.key_prefix,
+            path,
+            write: WriteMode { sync: tuning.sync_writes, wal: tuning.wal },
+            writer: tuning.background_writes.clone(),
+            in_flight: None,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -201,21 +328,26 @@ impl KvStore for RocksStore {
     }
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (key, value) in &batch.writes {
-            match value {
-                Some(v) => wb.put(key, v),
-                None => wb.delete(key),
-            }
-        }
-        let mut wo = rocksdb::WriteOptions::default();
-        if self.wal {
-            wo.set_sync(self.sync_writes);
-        } else {
-            wo.disable_wal(true);
-        }
-        wo.set_memtable_insert_hint_per_batch(true);
-        self.db.write_opt(wb, &wo).map_err(engine_err)
+        self.finish_write()?;
+        write_db(&self.db, batch, self.write)
+    }
+
+    fn start_write(&mut self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
+        let Some(writer) = &self.writer else {
+            return self.write(&batch);
+        };
+        let writer = writer.clone();
+        self.finish_write()?;
+        self.in_flight = Some(writer.submit(self.db.clone(), batch, self.write)?);
+        Ok(())
+    }
+
+    fn finish_write(&mut self) -> Result<(), StoreError> {
+        self.in_flight.take().map_or(Ok(()), Submitted::wait)
+    }
+
+    fn write_ended(&self) -> bool {
+        self.in_flight.as_ref().is_none_or(|w| w.ended.load(Ordering::Acquire))
     }
 }
 
