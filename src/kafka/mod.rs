@@ -12,6 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 
@@ -36,6 +37,15 @@ where
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// Adds `topic`/`partition` at `offset` to `tpl`, in constant time. (rdkafka's
+/// `add_partition_offset` finds the element it has just added by a linear search, so a list of
+/// the ~1,000 input partitions built that way cost a quadratic number of topic name
+/// comparisons: 2% of the processing thread under `exactly_once`, which commits ten times a
+/// second.)
+pub fn add_offset(tpl: &mut TopicPartitionList, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+    tpl.add_partition(topic, partition).set_offset(Offset::Offset(offset))
 }
 
 /// Waits until every record `producer` has accepted is acknowledged (or failed), at most

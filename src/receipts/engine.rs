@@ -170,7 +170,7 @@ impl<S: KvStore> Engine<S> {
     /// (restoring a changelog into a task's store before its engine is used). Drop the engine
     /// afterwards: its cache does not know about such writes.
     pub fn store_mut(&mut self) -> Result<&mut S, StoreError> {
-        self.settle()?;
+        self.await_write()?;
         Ok(&mut self.store)
     }
     /// Gives the store back once it holds every commit that did not fail, dropping
@@ -183,9 +183,9 @@ impl<S: KvStore> Engine<S> {
     /// Waits until the store holds the last commit. An error says that writing it failed: the
     /// engine is poisoned (its cache is ahead of the store) and must be rebuilt on the store.
     pub fn wait_written(&mut self) -> Result<(), EngineError> {
-        Ok(self.settle()?)
+        Ok(self.await_write()?)
     }
-    fn settle(&mut self) -> Result<(), StoreError> {
+    fn await_write(&mut self) -> Result<(), StoreError> {
         if self.in_flight.take().is_some() {
             if let Err(e) = self.store.finish_write() {
                 self.poisoned = true;
@@ -430,7 +430,7 @@ impl<S: KvStore> Engine<S> {
             room.last_used = self.clock;
         } else {
             // The room may have been evicted with its last changes still in flight.
-            self.settle()?;
+            self.await_write()?;
             let mut room = Room::load(&self.store, room_id.clone())?;
             room.last_used = self.clock;
             self.cached_entries += room.weight;

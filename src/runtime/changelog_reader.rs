@@ -19,7 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{error, warn};
 
 /// How long a partition stays out after leaving. Removing a partition is asynchronous in
@@ -96,7 +96,7 @@ impl ChangelogReader {
             return Ok(false);
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
+        crate::kafka::add_offset(&mut tpl, &self.topic, partition, from)?;
         self.consumer.incremental_assign(&tpl)?;
         self.assigned.insert(partition);
         Ok(true)

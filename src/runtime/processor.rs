@@ -713,20 +713,21 @@ impl Processor {
                 prepared.push((partition, batch));
             }
         }
-        let mut tpl = TopicPartitionList::new();
+        let routed = self.routed.values().map(|p| p.len()).sum::<usize>();
+        let mut tpl = TopicPartitionList::with_capacity(routed + self.tasks.len());
         let held = self.held_positions();
         for (topic, partitions) in &self.routed {
             for (partition, offset) in partitions {
                 let first_held = held.get(topic.as_str()).and_then(|p| p.get(partition));
                 let offset = first_held.map_or(*offset, |first| (*first).min(*offset));
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(offset)).map_err(RuntimeError::Produce)?;
+                crate::kafka::add_offset(&mut tpl, topic, *partition, offset).map_err(RuntimeError::Produce)?;
             }
         }
         let mut tasks_committed = Vec::new();
         for (partition, task) in self.tasks.iter().filter(|(_, t)| !t.restoring) {
             if let Some(offset) = task.position() {
                 if self.kafka_committed.get(partition) != Some(&offset) {
-                    tpl.add_partition_offset(&self.repartition, *partition, Offset::Offset(offset))
+                    crate::kafka::add_offset(&mut tpl, &self.repartition, *partition, offset)
                         .map_err(RuntimeError::Produce)?;
                     tasks_committed.push((*partition, offset));
                 }
