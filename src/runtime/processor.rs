@@ -228,7 +228,7 @@ pub struct Processor {
     room_input: (IntCounter, IntCounter),
     read_input: (IntCounter, IntCounter),
     /// Input partitions: the next offset to commit, for records routed since the last commit.
-    routed: HashMap<String, HashMap<i32, i64>>,
+    routed: crate::receipts::HashMap<String, crate::receipts::HashMap<i32, i64>>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
     kafka_committed: HashMap<i32, i64>,
     pub(crate) metrics: Arc<Metrics>,
@@ -311,7 +311,7 @@ impl Processor {
             staged: (0..partitions).map(|_| Vec::new()).collect(),
             staged_records: 0,
             more_ready: false,
-            routed: HashMap::new(),
+            routed: Default::default(),
             kafka_committed: HashMap::new(),
             metrics,
             exported_outcomes: Outcomes::default(),
@@ -439,7 +439,7 @@ impl Processor {
                 partitions.insert(partition, offset + 1);
             }
             None => {
-                self.routed.insert(topic.to_string(), HashMap::from([(partition, offset + 1)]));
+                self.routed.entry(topic.to_string()).or_default().insert(partition, offset + 1);
             }
         }
         Ok(())
