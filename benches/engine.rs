@@ -1,9 +1,11 @@
 //! Throughput of the receipt engine on RocksDB alone (no Kafka), with state well beyond the
-//! block cache and the WAL on. Prints figures; asserts nothing about speed.
+//! block cache, on the tasks' store settings (no WAL, each commit written by the background
+//! writer thread). Prints figures; asserts nothing about speed.
 //!
 //!     cargo bench --bench engine                 # all cases, 10M members each
 //!     cargo bench --bench engine -- --members 1000000 --events 1000000 a
 //!     cargo bench --bench engine -- --cache-entries 12000000 b   # engine cache holding all state
+//!     cargo bench --bench engine -- --foreground-writes a        # commits written on the engine's thread
 //!
 //! Cases: (a) rooms of 10 members, 1 message to 9 reads; (b) rooms of 1,000 members;
 //! (c) one room of 10,000 members taking all traffic, beside 10M members of other rooms.
@@ -66,13 +68,19 @@ struct Case {
 /// engine's default).
 static CACHE_ENTRIES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
+/// `--foreground-writes`: each commit is written on the engine's thread, not the writer's.
+static FOREGROUND_WRITES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 fn open(path: &Path) -> Engine<RocksStore> {
     // 128 MiB for the block cache and memtables together: the state (hundreds of MB) is well
     // beyond it.
-    let opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb {
+    let mut opts = allread::runtime::engine_rocks_options(&allread::config::Rocksdb {
         memory_bytes: 128 << 20,
         write_buffer_bytes: 64 << 20,
     });
+    if FOREGROUND_WRITES.get() == Some(&true) {
+        opts.background_writes = None;
+    }
     let store = RocksStore::open(path, &opts).expect("open RocksDB");
     let mut config = EngineConfig::default();
     if let Some(&n) = CACHE_ENTRIES.get() {
@@ -106,6 +114,8 @@ fn drive(engine: &mut Engine<RocksStore>, events: &[Event], now: &mut i64) -> (f
         }
     }
     engine.commit(Vec::new()).unwrap();
+    // The clock stops once the last commit is in the store.
+    engine.wait_written().unwrap();
     (start.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
 }
 
@@ -272,6 +282,7 @@ fn main() {
     {
         CACHE_ENTRIES.set(n).unwrap();
     }
+    FOREGROUND_WRITES.set(args.iter().any(|a| a == "--foreground-writes")).unwrap();
     let wanted: Vec<&str> =
         args.iter().map(String::as_str).filter(|a| matches!(*a, "a" | "b" | "c" | "footprint")).collect();
     let want = |c: &str| wanted.is_empty() || wanted.contains(&c);
@@ -280,8 +291,10 @@ fn main() {
         .unwrap_or_else(|_| std::env::temp_dir().join("allread-bench"));
     std::fs::create_dir_all(&workdir).unwrap();
     println!(
-        "allread engine benchmark: {members} members per case, {events} events, engine cache {} entries, state in {}",
+        "allread engine benchmark: {members} members per case, {events} events, engine cache {} entries, commits \
+         written {}, state in {}",
         CACHE_ENTRIES.get().copied().unwrap_or(EngineConfig::default().cache_entries),
+        if FOREGROUND_WRITES.get() == Some(&true) { "on the engine's thread" } else { "in the background" },
         workdir.display()
     );
     if want("a") {

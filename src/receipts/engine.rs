@@ -10,7 +10,7 @@
 //! are read from the store on demand, through `side` (writes not yet committed) and the
 //! commit the store may still be writing (`in_flight`, see [`Engine::write_prepared`]).
 
-use super::HashMap;
+use super::{HashMap, HashSet};
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
@@ -81,11 +81,14 @@ impl SideWrites {
 
 /// A commit's batch that the store may still be writing ([`KvStore::start_write`]). Its side
 /// writes (markers and the expiry index) are a sorted run of it, `side`; the engine reads
-/// them from here until the store holds the batch. Room keys are not read here: a room in
-/// the batch is cached, and loading one (a prefix scan) first waits for the write.
+/// them from here until the store holds the batch. Room keys are not read here: a room is
+/// loaded with a prefix scan of the store, so loading one of `rooms` (evicted since) first
+/// waits for the write. Other rooms' keys are not in the batch, so their loads do not wait.
 pub(super) struct InFlight {
     batch: Arc<WriteBatch>,
     side: Range<usize>,
+    /// The rooms whose keys the batch writes.
+    rooms: HashSet<Id>,
 }
 
 impl InFlight {
@@ -130,8 +133,10 @@ pub struct Engine<S> {
     pub(super) side: SideWrites,
     /// The last commit, until the store is known to hold it.
     pub(super) in_flight: Option<InFlight>,
-    /// Where the side writes are in the batch `prepare_commit` returned last.
+    /// Where the side writes are in the batch `prepare_commit` returned last, and the rooms
+    /// it writes.
     prepared_side: Range<usize>,
+    prepared_rooms: HashSet<Id>,
     emitted: Vec<ReceiptComplete>,
     outcomes: Outcomes,
     poisoned: bool,
@@ -153,6 +158,7 @@ impl<S: KvStore> Engine<S> {
             side: SideWrites::default(),
             in_flight: None,
             prepared_side: 0..0,
+            prepared_rooms: HashSet::default(),
             emitted: Vec::new(),
             outcomes: Outcomes::default(),
             poisoned: false,
@@ -361,6 +367,7 @@ impl<S: KvStore> Engine<S> {
             return Err(EngineError::Poisoned);
         }
         let mut batch = WriteBatch::new();
+        self.prepared_rooms.clear();
         for room_id in std::mem::take(&mut self.dirty_rooms) {
             if let Some(room) = self.rooms.get_mut(&room_id) {
                 room.listed_dirty = false;
@@ -368,6 +375,7 @@ impl<S: KvStore> Engine<S> {
                 let weight = room.entries();
                 self.cached_entries = self.cached_entries + weight - room.weight;
                 room.weight = weight;
+                self.prepared_rooms.insert(room_id);
             }
         }
         let start = batch.writes.len();
@@ -389,14 +397,18 @@ impl<S: KvStore> Engine<S> {
     /// A store that writes in the background may still be writing it when this returns. The
     /// engine goes on at once: it reads the batch's markers and expiry entries from its own
     /// copy, and waits for the write before anything that reads more of the store (loading a
-    /// room that is not cached) and before the next commit's write. A failed write shows in
+    /// room whose keys it writes, evicted since) and before the next commit's write. A failed write shows in
     /// [`Engine::wait_written`] or in whichever later call waited for it, and poisons the
     /// engine. If starting the write fails the engine stays poisoned.
     pub fn write_prepared(&mut self, batch: WriteBatch) -> Result<Arc<WriteBatch>, EngineError> {
         self.wait_written()?;
         let batch = Arc::new(batch);
         self.store.start_write(batch.clone())?;
-        self.in_flight = Some(InFlight { batch: batch.clone(), side: std::mem::take(&mut self.prepared_side) });
+        self.in_flight = Some(InFlight {
+            batch: batch.clone(),
+            side: std::mem::take(&mut self.prepared_side),
+            rooms: std::mem::take(&mut self.prepared_rooms),
+        });
         self.poisoned = false;
         self.evict();
         Ok(batch)
@@ -430,7 +442,9 @@ impl<S: KvStore> Engine<S> {
             room.last_used = self.clock;
         } else {
             // The room may have been evicted with its last changes still in flight.
-            self.await_write()?;
+            if self.in_flight.as_ref().is_some_and(|f| f.rooms.contains(room_id)) {
+                self.await_write()?;
+            }
             let mut room = Room::load(&self.store, room_id.clone())?;
             room.last_used = self.clock;
             self.cached_entries += room.weight;
