@@ -799,4 +799,82 @@ mod tests {
         engine.wait_written().unwrap();
         assert!(engine.store().get(&marker).unwrap().is_some());
     }
+
+    /// A store whose next background write fails: the batch stays out of it, and the failure
+    /// is reported when the engine waits for the write.
+    #[derive(Default)]
+    struct FailingWrite {
+        inner: MemoryStore,
+        fail_next: bool,
+        failed: Option<StoreError>,
+    }
+
+    impl KvStore for FailingWrite {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            from: &[u8],
+            to: Option<&[u8]>,
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.scan(from, to, visit)
+        }
+        fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+            self.finish_write()?;
+            self.inner.write(batch)
+        }
+        fn start_write(&mut self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
+            self.finish_write()?;
+            if std::mem::take(&mut self.fail_next) {
+                self.failed = Some(StoreError::Engine("no space left on device".into()));
+                return Ok(());
+            }
+            self.inner.start_write(batch)
+        }
+        fn finish_write(&mut self) -> Result<(), StoreError> {
+            match self.failed.take() {
+                Some(e) => Err(e),
+                None => self.inner.finish_write(),
+            }
+        }
+        fn write_ended(&self) -> bool {
+            self.failed.is_some() || self.inner.write_ended()
+        }
+    }
+
+    /// A commit whose background write fails: the engine says so at its next step and is
+    /// poisoned from then on (its cache is ahead of the store), and the store it hands back
+    /// holds the commit before, whole, for the task to rewind to and restore from.
+    #[test]
+    fn a_failed_background_write_poisons_the_engine_and_leaves_the_store_at_the_commit_before() {
+        let mut engine = Engine::new(FailingWrite::default(), EngineConfig::default());
+        let (room, now) = (id("r"), 1_000);
+        for user in ["a", "b"] {
+            engine.apply(&Event::Join { room_id: room.clone(), user_id: id(user), at: 0 }, now).unwrap();
+        }
+        let message = Event::Message { room_id: room.clone(), message_id: id("m1"), sender_id: id("a"), sent_at: 7 };
+        engine.apply(&message, now).unwrap();
+        engine.commit(Vec::new()).unwrap();
+        engine.store_mut().unwrap().fail_next = true;
+
+        let read = Event::Read {
+            room_id: room.clone(),
+            user_id: id("b"),
+            message_id: id("m1"),
+            read_at: 0,
+            scope: ReadScope::UpTo,
+        };
+        engine.apply(&read, now).unwrap();
+        engine.commit(Vec::new()).unwrap();
+        let err = engine.apply(&message, now).unwrap_err();
+        assert!(matches!(&err, EngineError::Store(StoreError::Engine(m)) if m.contains("no space")), "{err}");
+        assert!(matches!(engine.apply(&message, now), Err(EngineError::Poisoned)));
+        assert!(matches!(engine.commit(Vec::new()), Err(EngineError::Poisoned)));
+
+        let store = engine.into_store();
+        assert!(store.get(&persist::marker_key("r", "m1")).unwrap().is_none(), "the failed commit is not in the store");
+        assert!(store.get(&persist::pending_key("r", 1)).unwrap().is_some(), "the commit before it is");
+    }
 }
