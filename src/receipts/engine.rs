@@ -397,9 +397,9 @@ impl<S: KvStore> Engine<S> {
     /// A store that writes in the background may still be writing it when this returns. The
     /// engine goes on at once: it reads the batch's markers and expiry entries from its own
     /// copy, and waits for the write before anything that reads more of the store (loading a
-    /// room whose keys it writes, evicted since) and before the next commit's write. A failed write shows in
-    /// [`Engine::wait_written`] or in whichever later call waited for it, and poisons the
-    /// engine. If starting the write fails the engine stays poisoned.
+    /// room whose keys it writes, evicted since) and before the next commit's write. A failed
+    /// write shows in [`Engine::wait_written`] or in whichever later call waited for it, and
+    /// poisons the engine. If starting the write fails the engine stays poisoned.
     pub fn write_prepared(&mut self, batch: WriteBatch) -> Result<Arc<WriteBatch>, EngineError> {
         self.wait_written()?;
         let batch = Arc::new(batch);
