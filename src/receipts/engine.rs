@@ -757,18 +757,33 @@ mod tests {
         s.into()
     }
 
+    const NOW: Millis = 1_000;
+
+    /// Room `r` with members a and b, a's message m1 applied and committed (so the commit is
+    /// in flight); returns m1 and b's read of it.
+    fn a_committed_message<S: KvStore>(engine: &mut Engine<S>) -> (Event, Event) {
+        for user in ["a", "b"] {
+            engine.apply(&Event::Join { room_id: id("r"), user_id: id(user), at: 0 }, NOW).unwrap();
+        }
+        let message = Event::Message { room_id: id("r"), message_id: id("m1"), sender_id: id("a"), sent_at: 7 };
+        engine.apply(&message, NOW).unwrap();
+        engine.commit(Vec::new()).unwrap();
+        let read = Event::Read {
+            room_id: id("r"),
+            user_id: id("b"),
+            message_id: id("m1"),
+            read_at: 0,
+            scope: ReadScope::UpTo,
+        };
+        (message, read)
+    }
+
     /// The in-memory store applies a batch only when the next write or a wait asks for it, so
     /// between two commits the engine must read the last one from its own copy.
     #[test]
     fn the_commit_in_flight_is_read_before_the_store_and_its_deletes_hide_stored_keys() {
         let mut engine = Engine::new(MemoryStore::new(), EngineConfig::default());
-        let (room, now) = (id("r"), 1_000);
-        for user in ["a", "b"] {
-            engine.apply(&Event::Join { room_id: room.clone(), user_id: id(user), at: 0 }, now).unwrap();
-        }
-        let message = Event::Message { room_id: room.clone(), message_id: id("m1"), sender_id: id("a"), sent_at: 7 };
-        engine.apply(&message, now).unwrap();
-        engine.commit(Vec::new()).unwrap();
+        let (message, read) = a_committed_message(&mut engine);
         assert!(engine.store().is_empty(), "the first commit is still in flight");
         let pending_entry = |engine: &Engine<MemoryStore>| {
             let keys = engine.due_expiries(Millis::MAX / 2).unwrap();
@@ -778,14 +793,7 @@ mod tests {
 
         // b's read completes m1: its pending entry is deleted and its marker written, in the
         // second commit, while the first lands in the store.
-        let read = Event::Read {
-            room_id: room.clone(),
-            user_id: id("b"),
-            message_id: id("m1"),
-            read_at: 0,
-            scope: ReadScope::UpTo,
-        };
-        engine.apply(&read, now).unwrap();
+        engine.apply(&read, NOW).unwrap();
         assert_eq!(engine.take_emitted().len(), 1);
         engine.commit(Vec::new()).unwrap();
         let marker = persist::marker_key("r", "m1");
@@ -794,7 +802,7 @@ mod tests {
         assert_eq!(pending_entry(&engine), 0, "the stored entry is deleted by the commit in flight");
 
         // The same message again is a duplicate: its marker is found in flight.
-        engine.apply(&message, now).unwrap();
+        engine.apply(&message, NOW).unwrap();
         assert_eq!(engine.outcomes().duplicate_message, 1);
         engine.wait_written().unwrap();
         assert!(engine.store().get(&marker).unwrap().is_some());
@@ -850,27 +858,14 @@ mod tests {
     #[test]
     fn a_failed_background_write_poisons_the_engine_and_leaves_the_store_at_the_commit_before() {
         let mut engine = Engine::new(FailingWrite::default(), EngineConfig::default());
-        let (room, now) = (id("r"), 1_000);
-        for user in ["a", "b"] {
-            engine.apply(&Event::Join { room_id: room.clone(), user_id: id(user), at: 0 }, now).unwrap();
-        }
-        let message = Event::Message { room_id: room.clone(), message_id: id("m1"), sender_id: id("a"), sent_at: 7 };
-        engine.apply(&message, now).unwrap();
-        engine.commit(Vec::new()).unwrap();
+        let (message, read) = a_committed_message(&mut engine);
         engine.store_mut().unwrap().fail_next = true;
 
-        let read = Event::Read {
-            room_id: room.clone(),
-            user_id: id("b"),
-            message_id: id("m1"),
-            read_at: 0,
-            scope: ReadScope::UpTo,
-        };
-        engine.apply(&read, now).unwrap();
+        engine.apply(&read, NOW).unwrap();
         engine.commit(Vec::new()).unwrap();
-        let err = engine.apply(&message, now).unwrap_err();
+        let err = engine.apply(&message, NOW).unwrap_err();
         assert!(matches!(&err, EngineError::Store(StoreError::Engine(m)) if m.contains("no space")), "{err}");
-        assert!(matches!(engine.apply(&message, now), Err(EngineError::Poisoned)));
+        assert!(matches!(engine.apply(&message, NOW), Err(EngineError::Poisoned)));
         assert!(matches!(engine.commit(Vec::new()), Err(EngineError::Poisoned)));
 
         let store = engine.into_store();
