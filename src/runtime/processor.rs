@@ -20,9 +20,9 @@
 //!   case is a receipt emitted twice, never one lost.
 //!
 //! The local write is begun, not awaited: one writer thread inserts the tasks' batches into
-//! their stores while the loop goes on (`Engine::write_prepared`). The stores keep no write-ahead
-//! log, so a local write was never durable when it returned; a crash before it lands is the
-//! crash between (3) and (4) above. A write that fails shows at the task's next commit, or
+//! their stores while the loop goes on (`Engine::write_prepared`). The stores keep no
+//! write-ahead log, so a local write was never durable when it returned; a crash before it
+//! lands is the crash between (3) and (4) above. A write that fails shows at the task's next commit, or
 //! when it next needs the store, and rewinds like any failure.
 //!
 //! Tasks start `restoring`: their repartition partition stays paused while a separate
