@@ -425,9 +425,11 @@ impl Processor {
                 self.shortcut.probed(task, drained);
             }
             match self.shortcut.route(task, position, &self.producer.context().acks, bound) {
-                Route::Apply(records) => {
-                    self.staged_records += records.len();
-                    self.staged[task as usize].extend(records);
+                Route::Apply(held, record) => {
+                    self.staged_records += held.len() + 1;
+                    let staged = &mut self.staged[task as usize];
+                    staged.extend(held);
+                    staged.push(record);
                 }
                 Route::Send(records) => self.send_routed(task, records)?,
                 Route::Held => {}

@@ -12,6 +12,7 @@
 //! (at least [`FIRST_FETCH_PATIENCE`] for one nothing was polled from yet).
 
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,8 +196,8 @@ impl TopicNames {
     }
 }
 
-#[derive(Default)]
 struct Part {
+    key: Key,
     queue: VecDeque<Polled>,
     /// The offset after the last record polled (or the committed offset), if known.
     next: Option<i64>,
@@ -217,13 +218,17 @@ struct Part {
 pub const RECHECK_CAUGHT_UP: Duration = Duration::from_millis(100);
 
 impl Part {
-    fn has_more(&mut self, key: &Key, backlog: &dyn Backlog, now: Instant) -> Option<bool> {
+    fn new(key: Key, next: Option<i64>) -> Part {
+        Part { key, queue: VecDeque::new(), next, more: None, polled: false }
+    }
+
+    fn has_more(&mut self, backlog: &dyn Backlog, now: Instant) -> Option<bool> {
         match self.more {
             Some((true, _)) => return Some(true),
             Some((false, at)) if now.duration_since(at) < RECHECK_CAUGHT_UP => return Some(false),
             _ => {}
         }
-        let answer = backlog.has_more(&key.0, key.1, self.next);
+        let answer = backlog.has_more(&self.key.0, self.key.1, self.next);
         self.more = answer.map(|more| (more, now));
         answer
     }
@@ -231,7 +236,17 @@ impl Part {
 
 #[derive(Default)]
 pub struct InputBuffer {
-    parts: HashMap<Key, Part>,
+    /// The partitions, each at its place in `index`. Every record goes through a partition's
+    /// queue, so the per-record paths find its partition without hashing its key: `push` by
+    /// the partition of the record before (librdkafka hands records over in runs of one
+    /// partition), `drain_ready` by index.
+    parts: Vec<Part>,
+    index: HashMap<Key, usize>,
+    /// Each partition's place in the order of the keys, which breaks ties of timestamps (see
+    /// `drain_ready`); emptied when the partitions change, computed again when needed.
+    ranks: Vec<u32>,
+    /// Where the last record pushed went.
+    last_pushed: usize,
     waiting_since: Option<Instant>,
     /// Records in all queues (asked on every batch: kept, not summed over the partitions).
     buffered: usize,
@@ -263,22 +278,36 @@ fn timestamp(m: &Polled) -> i64 {
 
 impl InputBuffer {
     pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
-        let part = Part { queue: VecDeque::new(), next, more: None, polled: false };
-        let old = self.parts.insert((Arc::from(topic), partition), part);
-        self.buffered -= old.map_or(0, |p| p.queue.len());
+        let key: Key = (Arc::from(topic), partition);
+        match self.index.get(&key) {
+            Some(&i) => {
+                let old = std::mem::replace(&mut self.parts[i], Part::new(key, next));
+                self.buffered -= old.queue.len();
+            }
+            None => {
+                self.index.insert(key.clone(), self.parts.len());
+                self.parts.push(Part::new(key, next));
+                self.ranks.clear();
+            }
+        }
     }
 
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        let old = self.parts.remove(&(Arc::from(topic), partition));
-        self.buffered -= old.map_or(0, |p| p.queue.len());
+        let Some(i) = self.index.remove(&(Arc::from(topic), partition)) else { return };
+        let old = self.parts.swap_remove(i);
+        self.buffered -= old.queue.len();
+        if let Some(moved) = self.parts.get(i) {
+            self.index.insert(moved.key.clone(), i);
+        }
+        self.ranks.clear();
     }
 
     /// Drops every buffered record (the consumer was rewound) and sets each partition's
     /// position from `positions`.
     pub fn reset(&mut self, positions: &HashMap<Key, i64>) {
-        for (key, part) in self.parts.iter_mut() {
+        for part in self.parts.iter_mut() {
             part.queue.clear();
-            part.next = positions.get(key).copied();
+            part.next = positions.get(&part.key).copied();
             part.more = None;
             part.polled = false;
         }
@@ -287,12 +316,31 @@ impl InputBuffer {
     }
 
     pub fn push(&mut self, m: Polled) {
-        let part = self.parts.entry((m.topic.clone(), m.partition)).or_default();
+        let i = match self.parts.get(self.last_pushed) {
+            Some(p) if p.key.1 == m.partition && (Arc::ptr_eq(&p.key.0, &m.topic) || p.key.0 == m.topic) => {
+                self.last_pushed
+            }
+            _ => self.index_of(&m.topic, m.partition),
+        };
+        self.last_pushed = i;
+        let part = &mut self.parts[i];
         part.next = Some(m.offset + 1);
         part.more = None;
         part.polled = true;
         part.queue.push_back(m);
         self.buffered += 1;
+    }
+
+    /// The partition's index, added (with an unknown position) if it was not assigned.
+    fn index_of(&mut self, topic: &Arc<str>, partition: i32) -> usize {
+        let key: Key = (topic.clone(), partition);
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        self.index.insert(key.clone(), self.parts.len());
+        self.parts.push(Part::new(key, None));
+        self.ranks.clear();
+        self.parts.len() - 1
     }
 
     pub fn buffered(&self) -> usize {
@@ -319,8 +367,8 @@ impl InputBuffer {
         // for one not fetched at all yet.
         let now = Instant::now();
         let mut patience = None;
-        for (key, part) in self.parts.iter_mut().filter(|(_, p)| p.queue.is_empty()) {
-            match part.has_more(key, backlog, now) {
+        for part in self.parts.iter_mut().filter(|p| p.queue.is_empty()) {
+            match part.has_more(backlog, now) {
                 Some(false) => {}
                 Some(true) if part.polled => patience = patience.max(Some(max_idle)),
                 _ => patience = Some(FIRST_FETCH_PATIENCE.max(max_idle)),
@@ -338,20 +386,35 @@ impl InputBuffer {
         }
         let enforced = expired.is_some();
         self.waiting_since = None;
-        let mut heads: BinaryHeap<Reverse<(i64, Key)>> = self
+        if self.ranks.len() != self.parts.len() {
+            let mut order: Vec<usize> = (0..self.parts.len()).collect();
+            order.sort_unstable_by(|&a, &b| self.parts[a].key.cmp(&self.parts[b].key));
+            self.ranks = vec![0; order.len()];
+            for (rank, i) in order.into_iter().enumerate() {
+                self.ranks[i] = rank as u32;
+            }
+        }
+        // Heads in (timestamp, key) order: the key's rank stands for the key.
+        let mut heads: BinaryHeap<Reverse<(i64, u32, usize)>> = self
             .parts
             .iter()
-            .filter_map(|(k, p)| p.queue.front().map(|m| Reverse((timestamp(m), k.clone()))))
+            .enumerate()
+            .filter_map(|(i, p)| p.queue.front().map(|m| Reverse((timestamp(m), self.ranks[i], i))))
             .collect();
         let until = out.len().saturating_add(limit);
         while out.len() < until {
-            let Some(Reverse((_, key))) = heads.pop() else { break };
-            let part = self.parts.get_mut(&key).expect("heads are of known partitions");
+            let Some(mut head) = heads.peek_mut() else { break };
+            let Reverse((_, rank, i)) = *head;
+            let part = &mut self.parts[i];
             out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
             self.buffered -= 1;
             if let Some(next) = part.queue.front() {
-                heads.push(Reverse((timestamp(next), key)));
-            } else if !enforced && part.has_more(&key, backlog, now) != Some(false) {
+                // Replaced in place: one sift down instead of a pop and a push.
+                *head = Reverse((timestamp(next), rank, i));
+                continue;
+            }
+            PeekMut::pop(head);
+            if !enforced && part.has_more(backlog, now) != Some(false) {
                 // It may deliver something earlier than the other heads: wait for it.
                 self.waiting_since = Some(Instant::now());
                 break;
@@ -544,6 +607,35 @@ mod tests {
         assert_eq!(drain(&mut b, &Lagging(HashSet::new()), Duration::from_secs(1)).0.len(), 1);
         assert_eq!(b.buffered(), 0);
     }
+
+    #[test]
+    fn equal_timestamps_go_out_in_the_order_of_their_partitions_keys_through_revocations() {
+        let mut b = InputBuffer::default();
+        for (topic, partition) in [("d", 0), ("b", 1), ("a", 0), ("b", 0), ("c", 0)] {
+            b.assign(topic, partition, Some(0));
+        }
+        let push_all = |b: &mut InputBuffer, offset: i64| {
+            for (topic, partition) in [("c", 0), ("a", 0), ("b", 1), ("d", 0), ("b", 0)] {
+                b.push(record(topic, partition, offset, 7));
+            }
+        };
+        push_all(&mut b, 0);
+        let idle = Lagging(HashSet::new());
+        let order = |out: Vec<Polled>| out.iter().map(|m| format!("{}{}", m.topic, m.partition)).collect::<Vec<_>>();
+        assert_eq!(order(drain(&mut b, &idle, Duration::from_secs(1)).0), ["a0", "b0", "b1", "c0", "d0"]);
+        // Revoking moves other partitions within the buffer; records still find their own,
+        // and one of a partition not assigned (any more) is kept, as before.
+        b.revoke("d", 0);
+        b.revoke("a", 0);
+        push_all(&mut b, 1);
+        b.push(record("c", 0, 2, 6));
+        assert_eq!(b.buffered(), 6);
+        let out = drain(&mut b, &idle, Duration::from_secs(1)).0;
+        // c's second record is earlier (6), but a partition's own order is kept.
+        assert_eq!(offsets(&out[3..5]), [("c".to_string(), 1), ("c".to_string(), 2)]);
+        assert_eq!(order(out), ["a0", "b0", "b1", "c0", "c0", "d0"]);
+    }
+
     /// Counts the questions asked of the client.
     struct Counting(std::cell::Cell<u32>, bool);
     impl Backlog for Counting {

@@ -107,8 +107,9 @@ struct Lane<T> {
 /// What to do with a record (and any held before it), in this order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<T> {
-    /// Apply to the local task now.
-    Apply(Vec<T>),
+    /// Apply to the local task now: the records held for it, oldest first (usually none, and
+    /// then no vector is allocated), then this one.
+    Apply(Vec<T>, T),
     /// Send through the repartition topic.
     Send(Vec<T>),
     /// Held: it comes back from [`Shortcut::release`].
@@ -168,9 +169,7 @@ impl<T> Shortcut<T> {
             return self.send(i, items);
         };
         if self.try_open(i, position, acks) {
-            let mut items = self.take_held(i);
-            items.push(item);
-            return Route::Apply(items);
+            return Route::Apply(self.take_held(i), item);
         }
         let lane = &mut self.lanes[i];
         if lane.barrier_sent {
@@ -329,8 +328,8 @@ mod tests {
         assert_eq!(s.release(|_| Some(43), &acks), vec![(0, vec![2, 3])]);
         assert!(!s.holding());
         // Open: straight to the task, and it stays open.
-        assert_eq!(s.route(0, Some(43), &acks, 4), Route::Apply(vec![4]));
-        assert_eq!(s.route(0, Some(43), &acks, 5), Route::Apply(vec![5]));
+        assert_eq!(s.route(0, Some(43), &acks, 4), Route::Apply(vec![], 4));
+        assert_eq!(s.route(0, Some(43), &acks, 5), Route::Apply(vec![], 5));
         // The other lane is independent.
         assert_eq!(send(s.route(1, Some(43), &acks, 6)), vec![6]);
     }
@@ -342,7 +341,7 @@ mod tests {
         send(s.route(0, Some(0), &acks, 1));
         assert_eq!(s.route(0, Some(0), &acks, 2), Route::Held);
         acks.report(0, Some(0));
-        assert_eq!(s.route(0, Some(1), &acks, 3), Route::Apply(vec![2, 3]));
+        assert_eq!(s.route(0, Some(1), &acks, 3), Route::Apply(vec![2], 3));
         assert_eq!(s.held().count(), 0);
     }
 
@@ -355,7 +354,7 @@ mod tests {
         acks.report(0, Some(7));
         acks.report(0, None);
         assert_eq!(s.route(0, Some(7), &acks, 3), Route::Held);
-        assert_eq!(s.route(0, Some(8), &acks, 4), Route::Apply(vec![3, 4]));
+        assert_eq!(s.route(0, Some(8), &acks, 4), Route::Apply(vec![3], 4));
     }
 
     #[test]
@@ -374,7 +373,7 @@ mod tests {
         let mut s = Shortcut::new(true, 2);
         send(s.route(0, Some(0), &acks, 1));
         acks.report(0, Some(5));
-        assert_eq!(s.route(0, Some(6), &acks, 2), Route::Apply(vec![2]));
+        assert_eq!(s.route(0, Some(6), &acks, 2), Route::Apply(vec![], 2));
         send(s.route(1, Some(0), &acks, 10));
         assert_eq!(s.route(1, Some(0), &acks, 11), Route::Held);
         // Input partitions assigned: lane 0 needs a new barrier; lane 1's held record is sent
@@ -384,7 +383,7 @@ mod tests {
         assert_eq!(s.route(1, Some(0), &acks, 12), Route::Held);
         acks.report(0, Some(9));
         assert_eq!(s.route(0, Some(9), &acks, 4), Route::Held);
-        assert_eq!(s.route(0, Some(10), &acks, 5), Route::Apply(vec![4, 5]));
+        assert_eq!(s.route(0, Some(10), &acks, 5), Route::Apply(vec![4], 5));
         // Lane 1: two sent (10, 11), one acknowledged.
         acks.report(1, Some(20));
         assert!(s.release(|_| Some(100), &acks).is_empty());
@@ -425,7 +424,7 @@ mod tests {
         // The old producer's unreported record does not hold the new one's lane shut.
         new.report(0, Some(20));
         assert_eq!(s.route(0, Some(20), &new, 4), Route::Held);
-        assert_eq!(s.route(0, Some(21), &new, 5), Route::Apply(vec![4, 5]));
+        assert_eq!(s.route(0, Some(21), &new, 5), Route::Apply(vec![4], 5));
     }
 
     #[test]
@@ -434,7 +433,7 @@ mod tests {
         let mut s: Shortcut<i32> = Shortcut::new(true, 2);
         assert!(s.wants_probe(0, &acks));
         s.probed(0, true);
-        assert_eq!(s.route(0, Some(0), &acks, 1), Route::Apply(vec![1]), "nothing to wait for");
+        assert_eq!(s.route(0, Some(0), &acks, 1), Route::Apply(vec![], 1), "nothing to wait for");
         assert!(!s.wants_probe(0, &acks), "open: nothing to probe");
         // Not drained: the next record is the barrier, and the lane is not probed again.
         assert!(s.wants_probe(1, &acks));
@@ -451,7 +450,7 @@ mod tests {
         s.probed(0, false);
         send(s.route(0, Some(0), &acks, 1));
         acks.report(0, Some(0));
-        assert_eq!(s.route(0, Some(1), &acks, 2), Route::Apply(vec![2]));
+        assert_eq!(s.route(0, Some(1), &acks, 2), Route::Apply(vec![], 2));
         // Closed again, with the barrier's record still unacknowledged.
         s.close_all();
         assert!(s.wants_probe(0, &acks), "closing re-arms the probe");
@@ -462,7 +461,7 @@ mod tests {
         acks.report(0, Some(1));
         assert!(s.wants_probe(0, &acks));
         s.probed(0, true);
-        assert_eq!(s.route(0, Some(2), &acks, 4), Route::Apply(vec![4]));
+        assert_eq!(s.route(0, Some(2), &acks, 4), Route::Apply(vec![], 4));
     }
 
     #[test]
