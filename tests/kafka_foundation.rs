@@ -124,3 +124,48 @@ fn read_committed_consumers_see_committed_transactions_only() {
     let all: Vec<Value> = collect(&uncommitted, 3, Duration::from_secs(30)).into_iter().map(|(_, v)| v).collect();
     assert_eq!(all, vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
 }
+
+#[test]
+fn a_batch_goes_out_whole_in_order_with_its_tombstones_through_a_full_queue_and_in_its_transaction() {
+    let bootstrap = common::broker();
+    let topic = common::unique("foundation_batch_");
+    common::create_topic(&bootstrap, &topic, 2);
+    // A queue of 50 records: a batch of 1,000 fills it many times over.
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", common::unique("txn_"))
+        .set("queue.buffering.max.messages", "50")
+        .create()
+        .expect("producer");
+    let timeout = Duration::from_secs(30);
+    p.init_transactions(timeout).unwrap();
+    let batch = |tag: &str| -> Vec<(String, Option<String>)> {
+        (0..1000).map(|i| (format!("{tag}{i}"), (i % 7 != 3).then(|| format!("v{i}")))).collect()
+    };
+    for (tag, commit) in [("a", false), ("c", true)] {
+        p.begin_transaction().unwrap();
+        allread::kafka::send_batch(&p, &topic, 1, &batch(tag)).expect("sent");
+        if commit {
+            p.commit_transaction(timeout).unwrap();
+        } else {
+            p.abort_transaction(timeout).unwrap();
+        }
+    }
+
+    let c = consumer(&bootstrap, &common::unique("g_"), "read_committed");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 1, rdkafka::Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < 1000 && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.expect("consumer error");
+            let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+            got.push((text(m.key()).expect("key"), text(m.payload())));
+        }
+    }
+    // Only the committed batch, each record once, in order; every seventh a tombstone.
+    assert_eq!(got, batch("c"));
+    assert!(c.poll(Duration::from_secs(1)).is_none(), "nothing after the batch");
+}

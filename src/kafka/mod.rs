@@ -39,6 +39,90 @@ where
     }
 }
 
+/// Sends `records` (key, value; a value of `None` is a tombstone) to `topic`/`partition`, in
+/// order, with librdkafka's `rd_kafka_produce_batch`: it finds the topic and the partition and
+/// reads the clock once for all of them, where [`send`] (`rd_kafka_producev`) does so for every
+/// record. The records carry no headers, and the time they are sent as their timestamp. While
+/// the producer's queue is full, waits for its thread to drain it, then sends the rest. On any
+/// other error, the records before the one that failed are sent (as with [`send`]), and some
+/// after it may be: the caller abandons the whole batch, as it does after [`send`] fails.
+pub fn send_batch<C, K, V>(
+    producer: &ThreadedProducer<C>,
+    topic: &str,
+    partition: i32,
+    records: &[(K, Option<V>)],
+) -> KafkaResult<()>
+where
+    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    use rdkafka::bindings as rd;
+
+    /// An application handle of a topic, released when dropped.
+    struct TopicHandle(*mut rd::rd_kafka_topic_t);
+    impl Drop for TopicHandle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from rd_kafka_topic_new and is released once.
+            unsafe { rd::rd_kafka_topic_destroy(self.0) }
+        }
+    }
+
+    if records.is_empty() {
+        return Ok(());
+    }
+    let name =
+        std::ffi::CString::new(topic).map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;
+    // SAFETY: the client pointer is valid while the producer lives; a topic handle may be
+    // taken from any thread, and it is released (below) while the producer still lives.
+    let handle = unsafe { rd::rd_kafka_topic_new(producer.client().native_ptr(), name.as_ptr(), std::ptr::null_mut()) };
+    if handle.is_null() {
+        // SAFETY: reads this thread's last librdkafka error, set by rd_kafka_topic_new.
+        let err = unsafe { rd::rd_kafka_last_error() };
+        return Err(KafkaError::MessageProduction(err.into()));
+    }
+    let handle = TopicHandle(handle);
+    let mut messages: Vec<rd::rd_kafka_message_t> = records
+        .iter()
+        .map(|(key, value)| {
+            // SAFETY: an all-zero rd_kafka_message_t is valid (null pointers, no error).
+            let mut m: rd::rd_kafka_message_t = unsafe { std::mem::zeroed() };
+            let key = key.as_ref();
+            m.key = key.as_ptr() as *mut std::ffi::c_void;
+            m.key_len = key.len();
+            if let Some(value) = value {
+                let value = value.as_ref();
+                m.payload = value.as_ptr() as *mut std::ffi::c_void;
+                m.len = value.len();
+            }
+            m
+        })
+        .collect();
+    let mut rest = &mut messages[..];
+    while !rest.is_empty() {
+        let count = std::ffi::c_int::try_from(rest.len()).expect("a batch of fewer than 2^31 records");
+        // SAFETY: the messages point into `records`, which outlive the call; librdkafka copies
+        // keys and payloads (RD_KAFKA_MSG_F_COPY) and sets each message's `err`.
+        let sent = unsafe {
+            rd::rd_kafka_produce_batch(handle.0, partition, rd::RD_KAFKA_MSG_F_COPY, rest.as_mut_ptr(), count)
+        };
+        if sent == count {
+            return Ok(());
+        }
+        let failed = rest
+            .iter()
+            .position(|m| m.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            .expect("a record not sent has its error set");
+        let err = rest[failed].err;
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__QUEUE_FULL {
+            return Err(KafkaError::MessageProduction(err.into()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        rest = &mut rest[failed..];
+    }
+    Ok(())
+}
+
 /// Adds `topic`/`partition` at `offset` to `tpl`, in constant time. (rdkafka's
 /// `add_partition_offset` finds the element it has just added by a linear search, so a list of
 /// the ~1,000 input partitions built that way cost a quadratic number of topic name

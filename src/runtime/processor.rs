@@ -703,14 +703,8 @@ impl Processor {
             let _task = info_span!("task", task = partition).entered();
             let batch = task.prepare_commit().map_err(|source| RuntimeError::Engine { partition, source })?;
             if let Some(batch) = batch {
-                let changelog = self.changelog.clone();
-                for (key, value) in &batch.writes {
-                    let mut record = BaseRecord::to(&changelog).partition(partition).key(&key[..]);
-                    if let Some(v) = value {
-                        record = record.payload(&v[..]);
-                    }
-                    self.send(record)?;
-                }
+                crate::kafka::send_batch(&self.producer, &self.changelog, partition, &batch.writes)?;
+                self.sent += batch.len() as u64;
                 self.metrics.changelog_records.inc_by(batch.len() as u64);
                 prepared.push((partition, batch));
             }
