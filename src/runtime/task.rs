@@ -186,27 +186,35 @@ impl Task {
         event: &Event,
         now: Millis,
     ) -> Result<Option<Applied>, EngineError> {
-        let applied = self.sources.get(topic).and_then(|t| t.partitions.get(&partition)).map(|p| p.0);
-        if applied.is_some_and(|applied| offset <= applied) {
+        // The source partition's position, looked up once: this runs for every record.
+        let known = self.sources.get_mut(topic).and_then(|t| t.partitions.get_mut(&partition).map(|p| (&t.topic, p)));
+        if known.as_ref().is_some_and(|(_, (applied, _))| offset <= *applied) {
             self.skipped_duplicates += 1;
             return Ok(None);
         }
         self.engine.apply(event, now)?;
         self.uncommitted = true;
-        let positions = match self.sources.get_mut(topic) {
-            Some(p) => p,
-            None => {
-                let topic: Arc<str> = Arc::from(topic);
-                self.sources
-                    .entry(topic.clone())
-                    .or_insert_with(|| TopicPositions { topic, partitions: HashMap::default() })
+        match known {
+            Some((topic, (applied, changed))) => {
+                *applied = offset;
+                if !*changed {
+                    *changed = true;
+                    self.dirty_sources.push((topic.clone(), partition));
+                }
             }
-        };
-        let entry = positions.partitions.entry(partition).or_insert((offset, false));
-        entry.0 = offset;
-        if !entry.1 {
-            entry.1 = true;
-            self.dirty_sources.push((positions.topic.clone(), partition));
+            None => {
+                let positions = match self.sources.get_mut(topic) {
+                    Some(p) => p,
+                    None => {
+                        let topic: Arc<str> = Arc::from(topic);
+                        self.sources
+                            .entry(topic.clone())
+                            .or_insert_with(|| TopicPositions { topic, partitions: HashMap::default() })
+                    }
+                };
+                positions.partitions.insert(partition, (offset, true));
+                self.dirty_sources.push((positions.topic.clone(), partition));
+            }
         }
         Ok(Some(Applied { source_timestamp, receipts: self.engine.take_emitted() }))
     }
@@ -344,5 +352,46 @@ impl Task {
 
     pub fn engine_mut(&mut self) -> &mut Engine<RocksStore> {
         &mut self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(user: &str) -> Event {
+        Event::Join { room_id: "r".into(), user_id: user.into(), at: 1 }
+    }
+
+    /// Applies a join as input record `topic`/`partition`/`offset`: whether it was applied.
+    fn apply(task: &mut Task, topic: &str, partition: i32, offset: i64) -> bool {
+        task.apply(topic, partition, offset, 0, &join(&format!("u{offset}")), 1).expect("applies").is_some()
+    }
+
+    #[test]
+    fn an_input_position_applied_before_is_skipped_per_partition_also_after_a_commit_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Task::open(0, dir.path().join("t0"), EngineConfig::default(), &RocksOptions::default());
+        let mut task = open().unwrap().finish_restore().unwrap();
+        assert!(apply(&mut task, "a", 0, 5));
+        assert!(!apply(&mut task, "a", 0, 5), "the same position again");
+        assert!(!apply(&mut task, "a", 0, 4), "an earlier one");
+        assert!(apply(&mut task, "a", 1, 4), "another partition has its own position");
+        assert!(apply(&mut task, "b", 0, 1), "and another topic");
+        assert!(apply(&mut task, "a", 0, 6));
+        assert_eq!(task.skipped_duplicates, 2);
+        task.commit().unwrap();
+        // Applied after the commit: a position that moves again is written at the next one.
+        assert!(apply(&mut task, "a", 0, 7));
+        task.commit().unwrap();
+        drop(task);
+
+        let mut task = open().unwrap().finish_restore().unwrap();
+        for (topic, partition, offset) in [("a", 0, 7), ("a", 1, 4), ("b", 0, 1)] {
+            assert!(!apply(&mut task, topic, partition, offset), "{topic}/{partition} is at {offset}");
+        }
+        assert!(apply(&mut task, "a", 0, 8));
+        assert!(apply(&mut task, "a", 1, 5));
+        assert_eq!(task.skipped_duplicates, 3);
     }
 }
