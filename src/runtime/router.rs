@@ -285,9 +285,7 @@ impl InputBuffer {
                 self.buffered -= old.queue.len();
             }
             None => {
-                self.index.insert(key.clone(), self.parts.len());
-                self.parts.push(Part::new(key, next));
-                self.ranks.clear();
+                self.add(key, next);
             }
         }
     }
@@ -334,13 +332,19 @@ impl InputBuffer {
     /// The partition's index, added (with an unknown position) if it was not assigned.
     fn index_of(&mut self, topic: &Arc<str>, partition: i32) -> usize {
         let key: Key = (topic.clone(), partition);
-        if let Some(&i) = self.index.get(&key) {
-            return i;
+        match self.index.get(&key) {
+            Some(&i) => i,
+            None => self.add(key, None),
         }
-        self.index.insert(key.clone(), self.parts.len());
-        self.parts.push(Part::new(key, None));
+    }
+
+    /// Adds a partition not held yet; returns its index.
+    fn add(&mut self, key: Key, next: Option<i64>) -> usize {
+        let i = self.parts.len();
+        self.index.insert(key.clone(), i);
+        self.parts.push(Part::new(key, next));
         self.ranks.clear();
-        self.parts.len() - 1
+        i
     }
 
     pub fn buffered(&self) -> usize {
