@@ -96,7 +96,9 @@ async fn answer<T: Serialize + Send + 'static>(
                 ),
             }
         }
-        Ok(Err(e @ (QueryError::NotReady | QueryError::Restoring { .. }))) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(Err(e @ (QueryError::NotReady | QueryError::Restoring { .. } | QueryError::Rewinding))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         Ok(Err(e @ QueryError::Engine { .. })) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -318,11 +318,21 @@ fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
     let config = s.instance_config("", s.http_port, false, &settings("exactly_once", Some("fenced")));
     let allread = Allread::start(&config, &s.dir.path().join("allread.log"));
     w.await_members(&[s.http_port], WAIT);
+    // A rewind whose cause surfaced on the commit thread: the transaction failed while the
+    // processing thread went on polling input (see `runtime::processor`).
+    let in_flight = |log: &str| {
+        let rewinds = log.lines().filter(|l| l.contains("rewinding to the last commit"));
+        rewinds.filter(|l| l.contains("(send offsets)") || l.contains("transaction (commit)")).count()
+    };
     let done = AtomicBool::new(false);
+    let mut fences = 0;
     std::thread::scope(|scope| {
-        scope.spawn(|| stream(&s, &w, 10, &done));
-        for _ in 0..2 {
-            std::thread::sleep(Duration::from_secs(3));
+        scope.spawn(|| stream(&s, &w, 15, &done));
+        // Fenced at moments unrelated to the commits, so some fences are noticed while
+        // producing and some while a transaction is completed; at least two fences, and on
+        // until one failed a transaction in flight.
+        while !done.load(Ordering::SeqCst) && (fences < 2 || in_flight(&allread.log_text()) == 0) {
+            std::thread::sleep(Duration::from_millis(1_500));
             // Another producer with allread's transactional id: allread's is fenced.
             let zombie_hunter: BaseProducer = ClientConfig::new()
                 .set("bootstrap.servers", &s.bootstrap)
@@ -330,6 +340,7 @@ fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
                 .create()
                 .unwrap();
             zombie_hunter.init_transactions(Duration::from_secs(30)).unwrap();
+            fences += 1;
         }
     });
     let got = read_receipts(&s, &w.expected);
@@ -344,4 +355,6 @@ fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
     let (_, metrics) = common::http_get(s.http_port, "/metrics").expect("still running after being fenced");
     let replaced = metric(&metrics, "allread_producer_recreations_total").unwrap();
     assert!(replaced >= 1.0, "the fenced producer was replaced: {replaced}; log: {}", allread.log_text());
+    let log = allread.log_text();
+    assert!(in_flight(&log) >= 1, "after {fences} fences, none failed a transaction in flight; log: {log}");
 }

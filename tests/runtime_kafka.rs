@@ -221,6 +221,31 @@ fn thousands_of_generated_events_give_exactly_the_expected_receipts() {
     assert!(routed < shortcut, "only records routed while a task restored (and what waited for them) go the long way");
 }
 
+#[test]
+fn input_polled_while_transactions_commit_is_applied_after_them_exactly_once() {
+    // Under exactly_once each commit's broker round trips run on their own thread, while the
+    // loop polls input into the router and applies none of it until the transaction has
+    // committed (runtime::processor). Tens of thousands of events stream in while allread
+    // commits every 10 ms, so input keeps arriving during commits: it must be applied after
+    // them, each record once.
+    let s = Setup::new("overlap");
+    let w = Workload::new(16, 8_000, 29);
+    assert!(w.events() > 20_000, "tens of thousands of events: {}", w.events());
+    let chat = Chat::new(&s.bootstrap);
+    w.produce_joins(&s, &chat);
+    let allread = common::Allread::start(&s.config("commit_interval_ms = 10"), &s.dir.path().join("allread.log"));
+    w.await_members(&[s.http_port], WAIT);
+    let chunk = w.steps.len().div_ceil(100);
+    for from in (0..w.steps.len()).step_by(chunk) {
+        w.produce_steps(&s, &chat, from..(from + chunk).min(w.steps.len()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
+    let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
+    let commits = common::metric(&text, r#"allread_transactions_total{outcome="committed"}"#).unwrap_or(0.0);
+    assert!(commits >= 20.0, "the stream took many commits: {commits}");
+}
+
 /// Reads `out` until every receipt `w` expects is in (and 2 s more): exactly those, each once.
 fn expect_exactly(out: &Reader, w: &Workload, allread: &common::Allread) {
     let mut got = out.read(w.expected.len(), WAIT);

@@ -68,6 +68,8 @@ pub enum RuntimeError {
     Lost,
     #[error("state directory {path}: {reason}")]
     StateDir { path: String, reason: String },
+    #[error("starting a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl From<KafkaError> for RuntimeError {
@@ -114,6 +116,8 @@ pub enum QueryError {
     NotOwned { task: i32 },
     #[error("room's task {task} is restoring its state from the changelog; try again shortly")]
     Restoring { task: i32 },
+    #[error("a commit failed; allread is going back to its last commit: try again shortly")]
+    Rewinding,
     #[error("task {task}: {source}")]
     Engine { task: i32, source: EngineError },
 }
@@ -172,6 +176,11 @@ impl Handle {
         };
         let task = partition_for(room.as_bytes(), cfg.topics.partitions);
         let mut p = lock(p);
+        // The tasks may hold a commit whose transaction is being completed: complete it.
+        if let Err(e) = p.settle_commit() {
+            p.pending_rewind = Some(e);
+            return Err(QueryError::Rewinding);
+        }
         let Some(t) = p.tasks.get_mut(&task) else {
             return Err(if p.assigned { QueryError::NotOwned { task } } else { QueryError::NotReady });
         };
@@ -299,11 +308,13 @@ fn process_until(
     let mut batch = Vec::with_capacity(max_records.min(100_000));
     // The last routing round left records ready to go: poll without waiting.
     let mut more_ready = false;
+    // A commit's transaction is being completed: poll briefly, to route soon after it is.
+    let mut committing = false;
     while !shutdown.load(Ordering::Relaxed) {
         // Poll without holding the lock: rebalance callbacks take it. What a failed round left
         // is dropped: the rewind reads it again.
         batch.clear();
-        let mut timeout = Duration::from_millis(match (more_ready, restoring) {
+        let mut timeout = Duration::from_millis(match (more_ready, restoring || committing) {
             (true, _) => 0,
             (false, true) => 1,
             (false, false) => 50,
@@ -328,12 +339,15 @@ fn process_until(
             return Err(fatal);
         }
         let mut failed = p.pending_rewind.take();
+        if failed.is_none() {
+            failed = p.settle_if_done().err();
+        }
         if failed.is_none() && (!batch.is_empty() || p.has_pending()) {
             failed = p.handle_batch(consumer, &mut batch).err();
         }
         more_ready = failed.is_none() && p.more_ready();
         if failed.is_none() && p.last_commit.elapsed() >= commit_every {
-            match p.commit(consumer, CommitMode::Async) {
+            match p.start_commit(consumer, CommitMode::Async) {
                 Ok(()) => failures = 0,
                 Err(e) => failed = Some(e),
             }
@@ -354,6 +368,7 @@ fn process_until(
             }
             continue;
         }
+        committing = p.committing();
         match p.restore_step(consumer) {
             Ok(r) => restoring = r,
             Err(e) => {

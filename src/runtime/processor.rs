@@ -19,6 +19,13 @@
 //!   re-processes input, and the source positions make that a no-op for the state; the worst
 //!   case is a receipt emitted twice, never one lost.
 //!
+//! Under `exactly_once`, (2) and (3) are broker round trips (about 15 ms a commit in a backlog
+//! run, BENCHMARKS.md), so they run on a thread of their own (`CommitInFlight`): meanwhile the
+//! loop polls and decodes input into the router, and routes, applies and produces nothing,
+//! since the tasks hold the commit's prepared changes and the next transaction has not begun.
+//! The first thing that needs the tasks or the producer (routing, the next commit, a tick, a
+//! rebalance, a query) completes the commit first (`settle_commit`), with (4).
+//!
 //! The local write is begun, not awaited: one writer thread inserts the tasks' batches into
 //! their stores while the loop goes on (`Engine::write_prepared`). The stores keep no
 //! write-ahead log, so a local write was never durable when it returned; a crash before it
@@ -35,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -56,12 +63,26 @@ use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_
 use crate::metrics::Metrics;
 use crate::receipts::{Event, Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
+use crate::store::WriteBatch;
 
 pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
 type Producer_ = ThreadedProducer<DeliveryContext>;
 
 /// Input topic -> partition -> offset of the first record held there (see `held_positions`).
 type HeldPositions = HashMap<Arc<str>, HashMap<i32, i64>>;
+
+/// An `exactly_once` commit whose transaction another thread is completing (see the module's
+/// doc), and what remains to do once it has.
+struct CommitInFlight {
+    /// Offsets into the transaction, its commit, and the next transaction's begin.
+    transaction: std::thread::JoinHandle<Result<(), RuntimeError>>,
+    /// Each task's changes in the transaction, written locally once it commits.
+    prepared: Vec<(i32, WriteBatch)>,
+    held: HeldPositions,
+    /// Repartition offsets the transaction commits.
+    tasks_committed: Vec<(i32, i64)>,
+    started: Instant,
+}
 
 /// An input record, decoded, on its way to its task.
 struct Bound {
@@ -177,6 +198,35 @@ fn create_producer(cfg: &Config, transactional_id: Option<&str>) -> Result<Produ
     Ok(producer)
 }
 
+/// Completes an `exactly_once` commit on its own thread, the records of its transaction sent:
+/// the consumed offsets join the transaction, it commits (a commit that timed out, its outcome
+/// unknown, is retried), and the next one begins.
+fn complete_transaction(
+    producer: &Producer_,
+    offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+) -> Result<(), RuntimeError> {
+    if let Some((tpl, group)) = offsets {
+        producer
+            .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
+            .map_err(|e| RuntimeError::Transaction { step: "send offsets", source: e })?;
+    }
+    let mut attempt = 0;
+    loop {
+        // rdkafka's commit_transaction first flushes in whole 100 ms slices (see
+        // kafka::flush); flushed here, that finds nothing in flight and returns at once.
+        crate::kafka::flush(producer, TXN_TIMEOUT).map_err(RuntimeError::Produce)?;
+        match producer.commit_transaction(TXN_TIMEOUT) {
+            Ok(()) => break,
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
+                attempt += 1;
+                warn!(error = %e, attempt, "committing the transaction timed out; retrying");
+            }
+            Err(e) => return Err(RuntimeError::Transaction { step: "commit", source: e }),
+        }
+    }
+    producer.begin_transaction().map_err(|e| RuntimeError::Transaction { step: "begin", source: e })
+}
+
 /// The restore consumer's context: reaching a partition's end is how a restore finishes, not
 /// an error worth logging.
 /// A task catching up from its changelog partition.
@@ -191,11 +241,14 @@ struct Restore {
 
 pub struct Processor {
     cfg: Arc<Config>,
-    producer: Producer_,
+    /// Shared with the thread that completes an `exactly_once` commit.
+    producer: Arc<Producer_>,
     /// `Some` under `exactly_once`.
     transactional_id: Option<String>,
     /// Records produced since the last commit (nothing to commit when 0 and no state changed).
     sent: u64,
+    /// The `exactly_once` commit being completed, if any (see `settle_commit`).
+    in_flight: Option<CommitInFlight>,
     rocks: RocksOptions,
     decoder: InputDecoder,
     repartition: String,
@@ -270,7 +323,7 @@ impl Processor {
         rocks: RocksOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RuntimeError> {
-        let producer = create_producer(&cfg, transactional_id.as_deref())?;
+        let producer = Arc::new(create_producer(&cfg, transactional_id.as_deref())?);
         let restorer = ChangelogReader::new(
             restore_client_config(&cfg),
             &format!("{}-restore", cfg.application_id),
@@ -302,6 +355,7 @@ impl Processor {
             producer,
             transactional_id,
             sent: 0,
+            in_flight: None,
             rocks,
             tasks: BTreeMap::new(),
             restorer,
@@ -356,7 +410,6 @@ impl Processor {
     /// Routes what can be routed (see `router`) and processes one batch of polled records.
     /// Takes every record out of `records` (the caller's vector, kept for the next poll).
     pub fn handle_batch(&mut self, consumer: &Consumer_, records: &mut Vec<Polled>) -> Result<(), RuntimeError> {
-        let now = now_ms();
         let mut repartitioned = Vec::new();
         for m in records.drain(..) {
             if self.is_repartition(&m.topic) {
@@ -366,6 +419,12 @@ impl Processor {
             }
         }
         self.more_ready = false;
+        // While a commit's transaction completes, input waits in the router (module doc).
+        if repartitioned.is_empty() && self.committing() {
+            return Ok(());
+        }
+        self.settle_commit()?;
+        let now = now_ms();
         if !self.shortcut.saturated() {
             let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
             let mut ready = std::mem::take(&mut self.ready);
@@ -669,6 +728,7 @@ impl Processor {
     }
 
     pub fn tick(&mut self) -> Result<(), RuntimeError> {
+        self.settle_commit()?;
         let now = now_ms();
         for (partition, task) in self.tasks.iter_mut().filter(|(_, t)| !t.restoring) {
             task.tick(now).map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
@@ -678,26 +738,78 @@ impl Processor {
         Ok(())
     }
 
-    /// Commits output, changelog, offsets and local state (see the module's doc).
+    /// Commits output, changelog, offsets and local state (see the module's doc), and returns
+    /// once all of it is done.
     pub fn commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
-        let started = Instant::now();
-        let result = self.commit_inner(consumer, mode);
-        match &result {
-            Ok(true) => {
-                self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-                let outcomes = self.outcomes();
-                self.metrics.add_outcomes(&outcomes, &self.exported_outcomes);
-                self.exported_outcomes = outcomes;
-            }
-            Ok(false) => {}
-            Err(_) => self.metrics.commit_failures.inc(),
-        }
-        result.map(|_| ())
+        self.start_commit(consumer, mode)?;
+        self.settle_commit()
     }
 
-    /// `Ok(false)` when there was nothing to commit.
-    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<bool, RuntimeError> {
-        self.last_commit = Instant::now();
+    /// Begins a commit, after completing the one before it. Under `exactly_once` it returns
+    /// once the transaction's records are sent: another thread completes the transaction, and
+    /// [`Processor::settle_commit`] the rest. Under `at_least_once` it returns when done.
+    pub fn start_commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
+        self.settle_commit()?;
+        let started = Instant::now();
+        match self.commit_inner(consumer, mode, started) {
+            Ok(true) => {
+                self.committed(started);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.metrics.commit_failures.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether an `exactly_once` commit's transaction is still being completed.
+    pub fn committing(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|c| !c.transaction.is_finished())
+    }
+
+    /// Completes the commit in flight, if any: waits for its transaction to commit, then writes
+    /// the tasks' changes locally. Everything that touches the tasks or the producer calls this
+    /// first. An error means the transaction did not commit: the caller rewinds.
+    pub fn settle_commit(&mut self) -> Result<(), RuntimeError> {
+        let Some(c) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let transaction = c.transaction.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let result = transaction.and_then(|()| {
+            self.metrics.transactions.with_label_values(&["committed"]).inc();
+            self.write_local(c.prepared)?;
+            self.forget_routed(&c.held);
+            self.kafka_committed.extend(c.tasks_committed);
+            Ok(())
+        });
+        match &result {
+            Ok(()) => self.committed(c.started),
+            Err(_) => self.metrics.commit_failures.inc(),
+        }
+        result
+    }
+
+    /// [`Processor::settle_commit`] if the commit's transaction is complete, without waiting.
+    pub fn settle_if_done(&mut self) -> Result<(), RuntimeError> {
+        if self.in_flight.as_ref().is_some_and(|c| c.transaction.is_finished()) {
+            self.settle_commit()?;
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, started: Instant) {
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        let outcomes = self.outcomes();
+        self.metrics.add_outcomes(&outcomes, &self.exported_outcomes);
+        self.exported_outcomes = outcomes;
+    }
+
+    /// `Ok(false)` when there was nothing to commit, or when an `exactly_once` commit is in
+    /// flight.
+    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode, started: Instant) -> Result<bool, RuntimeError> {
+        self.last_commit = started;
         // (1) Changes -> changelog records.
         let mut prepared = Vec::new();
         let partitions: Vec<i32> = self.tasks.keys().copied().collect();
@@ -736,36 +848,23 @@ impl Processor {
             return Ok(false);
         }
         if self.exactly_once() {
-            // (2) Offsets into the transaction, (3) commit it.
-            if tpl.count() > 0 {
-                let group = consumer.group_metadata().ok_or(RuntimeError::NotInGroup)?;
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
-                    .map_err(|e| RuntimeError::Transaction { step: "send offsets", source: e })?;
-            }
-            self.commit_transaction()?;
-            self.metrics.transactions.with_label_values(&["committed"]).inc();
-            self.producer.begin_transaction().map_err(|e| RuntimeError::Transaction { step: "begin", source: e })?;
-        } else {
-            // (2) Everything produced is acknowledged.
-            crate::kafka::flush(&self.producer, Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
+            // (2) Offsets into the transaction, (3) commit it: on their own thread.
+            let offsets = match tpl.count() {
+                0 => None,
+                _ => Some((tpl, consumer.group_metadata().ok_or(RuntimeError::NotInGroup)?)),
+            };
+            let producer = self.producer.clone();
+            let transaction = std::thread::Builder::new()
+                .name("allread-commit".into())
+                .spawn(move || complete_transaction(&producer, offsets))
+                .map_err(RuntimeError::Thread)?;
+            self.in_flight = Some(CommitInFlight { transaction, prepared, held, tasks_committed, started });
+            return Ok(false);
         }
-        if let Some((n, first)) = self.producer.context().take_failures() {
-            return Err(RuntimeError::Delivery { failed: n, first });
-        }
-        self.sent = 0;
-        // (4) Local state, with the changelog offset it now reflects.
-        let changelog_next = self.producer.context().take_changelog_next();
-        for (partition, batch) in prepared {
-            let _task = info_span!("task", task = partition).entered();
-            let task = self.tasks.get_mut(&partition).expect("prepared tasks are held");
-            task.finish_commit(batch, changelog_next.get(&partition).copied())
-                .map_err(|source| RuntimeError::Engine { partition, source })?;
-        }
-        if self.exactly_once() {
-            self.forget_routed(&held);
-            self.kafka_committed.extend(tasks_committed);
-        } else if tpl.count() > 0 {
+        // (2) Everything produced is acknowledged.
+        crate::kafka::flush(&self.producer, Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
+        self.write_local(prepared)?;
+        if tpl.count() > 0 {
             // A failed offset commit loses nothing: tasks resume from their own state and
             // skip what they have applied. Warn and let the next commit carry it.
             if let Err(e) = consumer.commit(&tpl, mode) {
@@ -776,6 +875,23 @@ impl Processor {
             }
         }
         Ok(true)
+    }
+
+    /// After the commit's records are acknowledged (and, under `exactly_once`, committed): (4)
+    /// each task's batch to its local store, with the changelog offset it now reflects.
+    fn write_local(&mut self, prepared: Vec<(i32, WriteBatch)>) -> Result<(), RuntimeError> {
+        if let Some((n, first)) = self.producer.context().take_failures() {
+            return Err(RuntimeError::Delivery { failed: n, first });
+        }
+        self.sent = 0;
+        let changelog_next = self.producer.context().take_changelog_next();
+        for (partition, batch) in prepared {
+            let _task = info_span!("task", task = partition).entered();
+            let task = self.tasks.get_mut(&partition).expect("prepared tasks are held");
+            task.finish_commit(batch, changelog_next.get(&partition).copied())
+                .map_err(|source| RuntimeError::Engine { partition, source })?;
+        }
+        Ok(())
     }
 
     /// After a commit: input offsets committed in full are forgotten; those held back by a
@@ -792,28 +908,14 @@ impl Processor {
         });
     }
 
-    /// Commits the open transaction, retrying a commit that timed out (its outcome unknown).
-    fn commit_transaction(&mut self) -> Result<(), RuntimeError> {
-        let mut attempt = 0;
-        loop {
-            // rdkafka's commit_transaction first flushes in whole 100 ms slices (see
-            // kafka::flush); flushed here, that finds nothing in flight and returns at once.
-            crate::kafka::flush(&self.producer, TXN_TIMEOUT).map_err(RuntimeError::Produce)?;
-            match self.producer.commit_transaction(TXN_TIMEOUT) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
-                    attempt += 1;
-                    warn!(error = %e, attempt, "committing the transaction timed out; retrying");
-                }
-                Err(e) => return Err(RuntimeError::Transaction { step: "commit", source: e }),
-            }
-        }
-    }
-
     /// After a failure: abort what is uncommitted and go back to the last commit, as Kafka
     /// Streams revives its tasks. Under `exactly_once` nothing produced since that commit is
     /// ever visible; under `at_least_once` what was produced stays.
     pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
+        // A commit in flight ends first, either way (its tasks are rebuilt below if it failed).
+        if let Err(e) = self.settle_commit() {
+            warn!(error = %e, "the commit in flight failed as well");
+        }
         self.metrics.rewinds.inc();
         // The rewound engines count again what they re-apply; count only the new.
         self.exported_outcomes = self.outcomes();
@@ -830,7 +932,7 @@ impl Processor {
                 match create_producer(&self.cfg, self.transactional_id.as_deref()) {
                     Ok(p) => {
                         self.metrics.producers_created.inc();
-                        self.producer = p;
+                        self.producer = Arc::new(p);
                         new_producer = true;
                     }
                     Err(e) => {
@@ -907,6 +1009,9 @@ impl Processor {
     /// partitions to pause until their tasks are restored.
     pub fn on_assign(&mut self, consumer: &Consumer_, tpl: &mut TopicPartitionList) -> TopicPartitionList {
         self.assigned = true;
+        if let Err(e) = self.settle_commit() {
+            self.pending_rewind = Some(e);
+        }
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
         // New input partitions may have records their last owner sent through the repartition
         // topic that no task has applied yet; new tasks may too.
@@ -955,9 +1060,13 @@ impl Processor {
     /// Partitions revoked: commit what we have, then let them go.
     pub fn on_revoke(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList, lost: bool) {
         self.metrics.rebalances.with_label_values(&[if lost { "lost" } else { "revoke" }]).inc();
+        let settled = self.settle_commit();
         // Held records go the long way before the commit covers their input.
         self.close_lanes();
-        if !lost {
+        if let Err(e) = settled {
+            warn!(error = %e, "the commit before revocation failed; the next owner re-processes from the last commit");
+            self.pending_rewind = Some(e);
+        } else if !lost {
             if let Err(e) = self.commit(consumer, CommitMode::Sync) {
                 warn!(error = %e, "commit before revocation failed; the next owner re-processes from the last commit");
                 self.pending_rewind = Some(e);
