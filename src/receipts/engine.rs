@@ -594,7 +594,7 @@ fn on_read(room: &mut Room, ctx: &mut Ctx, user: &Id, message_id: &Id, scope: Re
 
 /// A read of a message whose seq is known; `pending`: it still waits for readers.
 fn read_known(room: &mut Room, ctx: &mut Ctx, user: &Id, seq: u64, scope: ReadScope, pending: bool) {
-    let Some(&pos) = room.members.get(user) else {
+    let Some(pos) = room.pos(user) else {
         ctx.outcomes.read_by_non_member += 1;
         return;
     };

@@ -33,12 +33,22 @@ pub(crate) struct Parked {
     pub persisted: bool,
 }
 
+/// A member's read position `H[u]`, and whether it is listed in `Dirty::members`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member {
+    pub pos: u64,
+    listed: bool,
+}
+
 /// What changed since the last commit. `bool` values say whether the key is in the store,
 /// so that state created and removed between two commits costs no write at all.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
     pub meta: bool,
-    pub members: HashSet<Id>,
+    /// Members whose key changed: a list, not a set, so that a read moving a position costs
+    /// no hashing (`Member::listed` keeps a member from being listed twice while it stays).
+    /// A member that left and joined again may be listed twice; `flush_into` writes it once.
+    pub members: Vec<Id>,
     pub pending: BTreeMap<u64, bool>,
     pub parked: HashMap<Id, bool>,
 }
@@ -49,7 +59,7 @@ pub(crate) struct Room {
     pub last_seq: u64,
     pub next_park_seq: u64,
     /// Members and their read positions `H[u]`.
-    pub members: HashMap<Id, u64>,
+    pub members: HashMap<Id, Member>,
     /// The same positions ordered: the first entry is the frontier `W`.
     pub by_pos: BTreeSet<(u64, Id)>,
     pub pending: BTreeMap<u64, Pending>,
@@ -140,29 +150,39 @@ impl Room {
 
     /// Moves a member's read position; returns the old one.
     pub fn set_pos(&mut self, user: &Id, pos: u64) -> u64 {
-        let slot = self.members.get_mut(user).expect("set_pos of a member");
-        let old = *slot;
+        let member = self.members.get_mut(user).expect("set_pos of a member");
+        let old = member.pos;
         if old != pos {
-            *slot = pos;
+            member.pos = pos;
+            if !member.listed {
+                member.listed = true;
+                self.dirty.members.push(user.clone());
+            }
             self.by_pos.remove(&(old, user.clone()));
             self.by_pos.insert((pos, user.clone()));
-            self.dirty.members.insert(user.clone());
         }
         old
     }
 
+    /// A member's read position.
+    pub fn pos(&self, user: &str) -> Option<u64> {
+        self.members.get(user).map(|m| m.pos)
+    }
+
     pub fn add_member(&mut self, user: Id, pos: u64) {
         self.by_pos.insert((pos, user.clone()));
-        self.dirty.members.insert(user.clone());
-        self.members.insert(user, pos);
+        self.dirty.members.push(user.clone());
+        self.members.insert(user, Member { pos, listed: true });
     }
 
     /// Removes a member; returns its read position.
     pub fn remove_member(&mut self, user: &Id) -> Option<u64> {
-        let pos = self.members.remove(user)?;
-        self.by_pos.remove(&(pos, user.clone()));
-        self.dirty.members.insert(user.clone());
-        Some(pos)
+        let member = self.members.remove(user)?;
+        self.by_pos.remove(&(member.pos, user.clone()));
+        if !member.listed {
+            self.dirty.members.push(user.clone());
+        }
+        Some(member.pos)
     }
 
     /// Whether every member still holding back pending message `seq` is in its reader set.
@@ -234,7 +254,7 @@ impl Room {
                 let m: MemberV1 = persist::decode(key, value)?;
                 let user: Id = user.into();
                 self.by_pos.insert((m.pos, user.clone()));
-                self.members.insert(user, m.pos);
+                self.members.insert(user, Member { pos: m.pos, listed: false });
             }
             RoomEntry::Pending(seq) => {
                 let v: PendingV1 = persist::decode(key, value)?;
@@ -297,10 +317,13 @@ impl Room {
             self.meta_persisted = true;
         }
         for user in dirty.members {
-            let key = persist::member_key(room, &user);
-            match self.members.get(&user) {
-                Some(&pos) => batch.put(key, persist::encode(&MemberV1 { pos })),
-                None => batch.delete(key),
+            match self.members.get_mut(&user) {
+                Some(m) if m.listed => {
+                    m.listed = false;
+                    batch.put(persist::member_key(room, &user), persist::encode(&MemberV1 { pos: m.pos }));
+                }
+                Some(_) => {} // listed twice (left and joined again): written already
+                None => batch.delete(persist::member_key(room, &user)),
             }
         }
         for (seq, on_disk) in dirty.pending {

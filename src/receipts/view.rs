@@ -167,7 +167,7 @@ impl<S: KvStore> Engine<S> {
         if !room.is_known() {
             return Ok(None);
         }
-        let pos = room.members.get(user_id).copied();
+        let pos = room.pos(user_id);
         Ok(Some(UserView {
             room_id: room_id.to_string(),
             user_id: user_id.to_string(),

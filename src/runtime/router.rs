@@ -181,18 +181,28 @@ impl Raw {
 
 /// The topic names records came from, one shared copy of each.
 #[derive(Default)]
-pub struct TopicNames(HashSet<Arc<str>>);
+pub struct TopicNames {
+    names: HashSet<Arc<str>>,
+    /// The last one asked for: librdkafka hands records over in runs of one partition, so a
+    /// comparison usually answers without hashing the name.
+    last: Option<Arc<str>>,
+}
 
 impl TopicNames {
     pub fn get(&mut self, topic: &str) -> Arc<str> {
-        match self.0.get(topic) {
+        if let Some(last) = self.last.as_ref().filter(|last| ***last == *topic) {
+            return last.clone();
+        }
+        let t = match self.names.get(topic) {
             Some(t) => t.clone(),
             None => {
                 let t: Arc<str> = Arc::from(topic);
-                self.0.insert(t.clone());
+                self.names.insert(t.clone());
                 t
             }
-        }
+        };
+        self.last = Some(t.clone());
+        t
     }
 }
 
@@ -439,6 +449,18 @@ mod tests {
 
     fn record(topic: &str, partition: i32, offset: i64, ts: i64) -> Polled {
         Polled::from_parts(topic.into(), partition, offset, Some(ts), None, None, None)
+    }
+
+    #[test]
+    fn each_topic_name_is_one_shared_copy_whatever_the_order_asked() {
+        let mut names = TopicNames::default();
+        let a = names.get("room_a");
+        assert!(Arc::ptr_eq(&a, &names.get("room_a")), "the last one, again");
+        let b = names.get("room_b");
+        assert_eq!(&*b, "room_b");
+        assert!(Arc::ptr_eq(&a, &names.get("room_a")), "an earlier one");
+        assert!(Arc::ptr_eq(&b, &names.get("room_b")));
+        assert_eq!(&*names.get("room_c"), "room_c", "never the last one for another name");
     }
 
     /// A buffer with a room partition and a read partition, both from offset 0.
