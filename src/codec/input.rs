@@ -9,7 +9,9 @@
 //! skipped without being looked at.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
+use std::hash::BuildHasher;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -312,8 +314,39 @@ fn id(field: &'static str, v: &Field<'_>, limits: &DecodeLimits) -> Result<Optio
         Some(s) if s.is_empty() || s.len() > limits.max_id_bytes => {
             Err(DecodeError::BadId { field, limit: limits.max_id_bytes })
         }
-        Some(s) => Ok(Some(Id::from(s.as_ref()))),
+        Some(s) => Ok(Some(shared_id(&s))),
     }
+}
+
+/// Slots of [`shared_id`]'s cache: a power of two.
+const ID_CACHE_SLOTS: usize = 1 << 14;
+
+thread_local! {
+    /// Ids decoded lately on this thread (see [`shared_id`]); empty until first used.
+    static ID_CACHE: RefCell<Vec<Option<Id>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `s` as an [`Id`], shared with the last record on this thread that named it, if it is
+/// still cached: the records of a busy room, its users and a message's reads then share one
+/// allocation of each id instead of allocating and freeing one per record. The cache is
+/// direct-mapped (an id's hash picks its slot; a new id takes the slot over), so its memory
+/// is bounded (16,384 ids) however many ids there are, and a miss costs one hash more.
+fn shared_id(s: &str) -> Id {
+    const STATE: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x05ee_d1d5);
+    let slot = STATE.hash_one(s) as usize & (ID_CACHE_SLOTS - 1);
+    ID_CACHE.with_borrow_mut(|slots| {
+        if slots.is_empty() {
+            slots.resize(ID_CACHE_SLOTS, None);
+        }
+        match &slots[slot] {
+            Some(id) if **id == *s => id.clone(),
+            _ => {
+                let id = Id::from(s);
+                slots[slot] = Some(id.clone());
+                id
+            }
+        }
+    })
 }
 
 fn required_id(field: &'static str, v: &Field<'_>, limits: &DecodeLimits) -> Result<Id, DecodeError> {
@@ -341,7 +374,7 @@ pub fn decode_room_event(bytes: &[u8], topic_room: Option<&str>, limits: &Decode
             return Err(DecodeError::RoomMismatch { topic: topic.to_string(), record: record.to_string() })
         }
         (Some(record), _) => record,
-        (None, Some(topic)) if !topic.is_empty() && topic.len() <= limits.max_id_bytes => Id::from(topic),
+        (None, Some(topic)) if !topic.is_empty() && topic.len() <= limits.max_id_bytes => shared_id(topic),
         (None, _) => return Err(DecodeError::NoRoom),
     };
     match kind.as_ref() {
@@ -407,6 +440,27 @@ mod tests {
 
     fn room(json: &str, topic: Option<&str>) -> Result<Event, DecodeError> {
         decode_room_event(json.as_bytes(), topic, &L)
+    }
+
+    #[test]
+    fn ids_seen_lately_share_one_copy_and_every_id_reads_as_itself() {
+        let read = |room: &str, user: &str, message: &str| {
+            let json = format!(r#"{{"room_id":"{room}","user_id":"{user}","message_id":"{message}","read_at":1}}"#);
+            match decode_read_event(json.as_bytes(), &L).unwrap() {
+                Event::Read { room_id, user_id, message_id, .. } => (room_id, user_id, message_id),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (room, user, message) = read("r1", "u1", "m1");
+        let (room2, user2, message2) = read("r1", "u1", "m1");
+        assert!(Id::ptr_eq(&room, &room2) && Id::ptr_eq(&user, &user2) && Id::ptr_eq(&message, &message2));
+        // Far more ids than slots: every slot is taken over many times, and no id ever reads as
+        // the one it displaced.
+        for i in 0..3 * ID_CACHE_SLOTS {
+            let (r, u, m) = (format!("r{}", i % 1000), format!("u{i}"), format!("m{}", i / 3));
+            let (room, user, message) = read(&r, &u, &m);
+            assert_eq!((&*room, &*user, &*message), (r.as_str(), u.as_str(), m.as_str()));
+        }
     }
 
     #[test]
