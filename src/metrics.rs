@@ -162,7 +162,7 @@ impl Metrics {
             commit_duration: histogram(
                 &r,
                 "allread_commit_duration_seconds",
-                "Duration of a commit: output acknowledged (or the transaction committed), state written, offsets committed.",
+                "Duration of a commit, from its start until output is acknowledged (or the transaction committed), state written, offsets committed (exactly_once: input is polled meanwhile).",
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0],
             ),
             commit_failures: counter(
