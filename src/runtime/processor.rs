@@ -771,7 +771,8 @@ impl Processor {
 
     /// Completes the commit in flight, if any: waits for its transaction to commit, then writes
     /// the tasks' changes locally. Everything that touches the tasks or the producer calls this
-    /// first. An error means the transaction did not commit: the caller rewinds.
+    /// first. An error means the commit did not complete (the transaction failed, or a local
+    /// write could not begin): the caller rewinds.
     pub fn settle_commit(&mut self) -> Result<(), RuntimeError> {
         let Some(c) = self.in_flight.take() else {
             return Ok(());
@@ -780,8 +781,7 @@ impl Processor {
         let result = transaction.and_then(|()| {
             self.metrics.transactions.with_label_values(&["committed"]).inc();
             self.write_local(c.prepared)?;
-            self.forget_routed(&c.held);
-            self.kafka_committed.extend(c.tasks_committed);
+            self.offsets_committed(&c.held, c.tasks_committed);
             Ok(())
         });
         match &result {
@@ -870,8 +870,7 @@ impl Processor {
             if let Err(e) = consumer.commit(&tpl, mode) {
                 warn!(error = %e, "committing consumer offsets failed; retrying at the next commit");
             } else {
-                self.forget_routed(&held);
-                self.kafka_committed.extend(tasks_committed);
+                self.offsets_committed(&held, tasks_committed);
             }
         }
         Ok(true)
@@ -892,6 +891,13 @@ impl Processor {
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
         }
         Ok(())
+    }
+
+    /// After a commit's offsets are committed: the input offsets (see `forget_routed`) and the
+    /// tasks' repartition offsets it carried.
+    fn offsets_committed(&mut self, held: &HeldPositions, tasks_committed: Vec<(i32, i64)>) {
+        self.forget_routed(held);
+        self.kafka_committed.extend(tasks_committed);
     }
 
     /// After a commit: input offsets committed in full are forgotten; those held back by a
