@@ -394,6 +394,19 @@ fn bulk(name: &str, extra: &str) -> (f64, f64) {
     let inputs = metric(r#"allread_input_records_total{source="room"}"#)
         + metric(r#"allread_input_records_total{source="read"}"#);
     assert_eq!(shortcut + routed, inputs, "every input record reached its task one way");
+    // Every input record processed: the group's committed offsets reach every input
+    // partition's end (a commit every 100 ms).
+    let mut inputs: Vec<String> = (0..w.rooms).map(|r| s.room_topic(&format!("room{r}"))).collect();
+    inputs.push(s.read_topic.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let short = common::uncommitted(&s.bootstrap, &s.app, &inputs);
+        if short.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "input offsets not committed to the end: {short:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     (shortcut, routed)
 }
 

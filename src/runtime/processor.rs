@@ -51,7 +51,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
-use super::router::{Backlog, Body, InputBuffer, InputDecoder, Polled, Raw};
+use super::router::{Backlog, Body, InputBuffer, InputDecoder, Polled, Raw, Taken};
 use super::shortcut::{Acks, Route, Shortcut};
 use super::task::{Applied, ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
@@ -266,6 +266,9 @@ pub struct Processor {
     inputs: InputBuffer,
     /// Scratch for the records `inputs` releases in one batch (empty between batches).
     ready: Vec<Polled>,
+    /// Where each routing round left the input partitions it took records from, kept as
+    /// `ready` is.
+    taken: Vec<Taken>,
     /// Records routing released to local tasks, by task, applied task by task (`apply_staged`)
     /// after each routing round (at most [`ROUND_RECORDS`]); empty between batches, their
     /// capacity kept.
@@ -362,6 +365,7 @@ impl Processor {
             restores: BTreeMap::new(),
             inputs: InputBuffer::default(),
             ready: Vec::new(),
+            taken: Vec::new(),
             staged: (0..partitions).map(|_| Vec::new()).collect(),
             staged_records: 0,
             more_ready: false,
@@ -428,12 +432,18 @@ impl Processor {
         if !self.shortcut.saturated() {
             let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
             let mut ready = std::mem::take(&mut self.ready);
-            if self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle, &mut ready, ROUND_RECORDS) {
+            let mut taken = std::mem::take(&mut self.taken);
+            if self.inputs.drain_ready(&CachedWatermarks(consumer), max_idle, &mut ready, &mut taken, ROUND_RECORDS) {
                 self.metrics.enforced_routing.inc();
             }
             self.more_ready = ready.len() >= ROUND_RECORDS;
             let routed = ready.drain(..).try_for_each(|m| self.route(m));
+            if routed.is_ok() {
+                taken.drain(..).for_each(|(topic, partition, next)| self.routed_to(&topic, partition, next));
+            }
+            taken.clear();
             self.ready = ready;
+            self.taken = taken;
             let applied = routed.and_then(|()| self.apply_staged(now));
             if applied.is_err() {
                 // Nothing staged outlives the batch: the loop rewinds to the last commit.
@@ -494,16 +504,21 @@ impl Processor {
                 Route::Held => {}
             }
         }
-        // Looked up by &str: no allocation per record once the topic is known.
-        match self.routed.get_mut(&*topic) {
+        Ok(())
+    }
+
+    /// Input partition `topic`/`partition` was routed up to `next` (the offset the next commit
+    /// commits for it): once per partition per round, not per record.
+    fn routed_to(&mut self, topic: &str, partition: i32, next: i64) {
+        // Looked up by &str: no allocation once the topic is known.
+        match self.routed.get_mut(topic) {
             Some(partitions) => {
-                partitions.insert(partition, offset + 1);
+                partitions.insert(partition, next);
             }
             None => {
-                self.routed.entry(topic.to_string()).or_default().insert(partition, offset + 1);
+                self.routed.entry(topic.to_string()).or_default().insert(partition, next);
             }
         }
-        Ok(())
     }
 
     /// Whether repartition partition `partition` holds nothing its local task has not
@@ -1302,9 +1317,8 @@ impl Processor {
 struct CachedWatermarks<'a>(&'a Consumer_);
 
 impl Backlog for CachedWatermarks<'_> {
-    fn has_more(&self, topic: &str, partition: i32, next: Option<i64>) -> Option<bool> {
-        let (low, high) = cached_watermarks(self.0, topic, partition)?;
-        Some(high > next.unwrap_or(low.max(0)))
+    fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        cached_watermarks(self.0, topic, partition)
     }
 }
 

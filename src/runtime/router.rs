@@ -211,13 +211,21 @@ struct Part {
     queue: VecDeque<Polled>,
     /// The offset after the last record polled (or the committed offset), if known.
     next: Option<i64>,
-    /// The last answer of `Backlog::has_more` for `next`, and when it was asked. Asking costs
-    /// a lookup in the client (linear in the number of topics), so answers are kept: "more to
-    /// fetch" holds until records are polled (the high watermark never goes back); "caught up"
-    /// is asked again after `RECHECK_CAUGHT_UP`, as a fetch response may have moved it.
+    /// The last answer to "more to fetch?" for `next`, and when it was found. Asking the
+    /// client costs a lookup linear in the number of topics, so answers are kept: "more to
+    /// fetch" holds until records are polled; "caught up" is asked again after
+    /// `RECHECK_CAUGHT_UP`, as a fetch response may have moved it.
     more: Option<(bool, Instant)>,
+    /// The last high watermark the client gave, and when. A high watermark never goes back,
+    /// so while `next` is below it there is more to fetch without asking: under a backlog a
+    /// partition whose queue runs dry is not asked at all. Kept for `RECHECK_HIGH` only, so
+    /// that a topic deleted and created again under its name cannot hold routing back for
+    /// long with the old topic's watermark.
+    high: Option<(i64, Instant)>,
     /// Whether a record was polled from it since it was assigned (or the buffer was reset).
     polled: bool,
+    /// The offset after the last record the current routing round took from it, if any.
+    taken: Option<i64>,
 }
 
 /// How long a partition found caught up is taken to stay so before the client is asked again.
@@ -227,9 +235,12 @@ struct Part {
 /// ahead of its message is parked (spec rule 8).
 pub const RECHECK_CAUGHT_UP: Duration = Duration::from_millis(100);
 
+/// How long a partition's last known high watermark is trusted (see `Part::high`).
+pub const RECHECK_HIGH: Duration = Duration::from_secs(1);
+
 impl Part {
     fn new(key: Key, next: Option<i64>) -> Part {
-        Part { key, queue: VecDeque::new(), next, more: None, polled: false }
+        Part { key, queue: VecDeque::new(), next, more: None, high: None, polled: false, taken: None }
     }
 
     fn has_more(&mut self, backlog: &dyn Backlog, now: Instant) -> Option<bool> {
@@ -238,7 +249,13 @@ impl Part {
             Some((false, at)) if now.duration_since(at) < RECHECK_CAUGHT_UP => return Some(false),
             _ => {}
         }
-        let answer = backlog.has_more(&self.key.0, self.key.1, self.next);
+        let answer = match (self.next, self.high) {
+            (Some(next), Some((high, at))) if next < high && now.duration_since(at) < RECHECK_HIGH => Some(true),
+            _ => backlog.watermarks(&self.key.0, self.key.1).map(|(low, high)| {
+                self.high = Some((high, now));
+                high > self.next.unwrap_or(low.max(0))
+            }),
+        };
         self.more = answer.map(|more| (more, now));
         answer
     }
@@ -260,14 +277,19 @@ pub struct InputBuffer {
     waiting_since: Option<Instant>,
     /// Records in all queues (asked on every batch: kept, not summed over the partitions).
     buffered: usize,
+    /// The partitions the current routing round took records from (their `taken` is set).
+    taken: Vec<usize>,
 }
 
-/// What a partition still holds on the broker, as far as the client knows.
+/// Where a routing round left an input partition: the offset after the last record it took.
+pub type Taken = (Arc<str>, i32, i64);
+
+/// What a partition holds on the broker, as far as the client knows.
 pub trait Backlog {
-    /// Whether `topic`/`partition` has records at or after `next` not fetched yet (`next =
-    /// None`: the position is unknown); `None` when the client does not know yet (no fetch
-    /// response has named it so far).
-    fn has_more(&self, topic: &str, partition: i32, next: Option<i64>) -> Option<bool>;
+    /// The low and high watermarks of `topic`/`partition`: records from the position up to
+    /// the high watermark (from the low one, when the position is unknown) are not fetched
+    /// yet. `None` when the client does not know yet (no fetch response has named it so far).
+    fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)>;
 }
 
 /// How long routing waits for a partition with records on the broker that nothing was polled
@@ -317,6 +339,7 @@ impl InputBuffer {
             part.queue.clear();
             part.next = positions.get(&part.key).copied();
             part.more = None;
+            part.high = None;
             part.polled = false;
         }
         self.buffered = 0;
@@ -364,15 +387,28 @@ impl InputBuffer {
     /// Appends to `out` the records that can be routed now, in timestamp order (each
     /// partition's own order kept), at most `limit` of them: the rest wait for the next call;
     /// returns whether routing went ahead without waiting any longer for a lagging partition
-    /// (after `max_idle`). The caller keeps `out` from one call to the next, so that a batch
-    /// of ten thousand records does not grow a new vector.
+    /// (after `max_idle`). Appends to `taken`, once for each partition records were taken
+    /// from, the offset after its last one: what committing them will commit, without a
+    /// lookup per record. The caller keeps both vectors from one call to the next, so that a
+    /// batch of ten thousand records does not grow a new one.
     pub fn drain_ready(
         &mut self,
         backlog: &dyn Backlog,
         max_idle: Duration,
         out: &mut Vec<Polled>,
+        taken: &mut Vec<Taken>,
         limit: usize,
     ) -> bool {
+        let enforced = self.take_ready(backlog, max_idle, out, limit);
+        for i in self.taken.drain(..) {
+            let part = &mut self.parts[i];
+            let next = part.taken.take().expect("listed when taken");
+            taken.push((part.key.0.clone(), part.key.1, next));
+        }
+        enforced
+    }
+
+    fn take_ready(&mut self, backlog: &dyn Backlog, max_idle: Duration, out: &mut Vec<Polled>, limit: usize) -> bool {
         if self.buffered == 0 {
             self.waiting_since = None;
             return false;
@@ -420,7 +456,11 @@ impl InputBuffer {
             let Some(mut head) = heads.peek_mut() else { break };
             let Reverse((_, rank, i)) = *head;
             let part = &mut self.parts[i];
-            out.push(part.queue.pop_front().expect("a partition in the heap has a head"));
+            let m = part.queue.pop_front().expect("a partition in the heap has a head");
+            if part.taken.replace(m.offset + 1).is_none() {
+                self.taken.push(i);
+            }
+            out.push(m);
             self.buffered -= 1;
             if let Some(next) = part.queue.front() {
                 // Replaced in place: one sift down instead of a pop and a push.
@@ -474,14 +514,25 @@ mod tests {
     /// Partitions with records left on the broker.
     struct Lagging(HashSet<(String, i32)>);
     impl Backlog for Lagging {
-        fn has_more(&self, topic: &str, partition: i32, _: Option<i64>) -> Option<bool> {
-            Some(self.0.contains(&(topic.to_string(), partition)))
+        fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+            Some((0, if self.0.contains(&(topic.to_string(), partition)) { LAGGING_HIGH } else { 0 }))
         }
     }
 
+    /// The high watermark of a lagging partition: past every offset a test polls.
+    const LAGGING_HIGH: i64 = 1_000_000;
+
     fn drain(b: &mut InputBuffer, backlog: &dyn Backlog, max_idle: Duration) -> (Vec<Polled>, bool) {
         let mut out = Vec::new();
-        let enforced = b.drain_ready(backlog, max_idle, &mut out, usize::MAX);
+        let mut taken = Vec::new();
+        let enforced = b.drain_ready(backlog, max_idle, &mut out, &mut taken, usize::MAX);
+        // Each partition's last record taken, once per partition.
+        let mut last: HashMap<(String, i32), i64> = HashMap::default();
+        for m in &out {
+            last.insert((m.topic.to_string(), m.partition), m.offset + 1);
+        }
+        let taken: HashMap<(String, i32), i64> = taken.into_iter().map(|(t, p, o)| ((t.to_string(), p), o)).collect();
+        assert_eq!(taken, last, "what the round took, by partition");
         (out, enforced)
     }
 
@@ -525,15 +576,25 @@ mod tests {
             b.push(record("reads", 0, i, 10 * i));
         }
         let caught_up = Lagging(HashSet::new());
-        let mut out = Vec::new();
-        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, 3);
+        let (mut out, mut taken) = (Vec::new(), Vec::new());
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, &mut taken, 3);
         assert_eq!(out.len(), 3);
         assert_eq!(b.buffered(), 5);
-        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, 3);
-        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, 3);
+        let positions = |taken: &mut Vec<Taken>| -> Vec<(String, i64)> {
+            let mut p: Vec<_> = taken.drain(..).map(|(t, _, o)| (t.to_string(), o)).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(positions(&mut taken), [("reads".to_string(), 2), ("room".to_string(), 1)]);
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, &mut taken, 3);
+        assert_eq!(positions(&mut taken), [("reads".to_string(), 3), ("room".to_string(), 3)]);
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, &mut taken, 3);
+        assert_eq!(positions(&mut taken), [("reads".to_string(), 4), ("room".to_string(), 4)]);
         let order: Vec<i64> = out.iter().map(timestamp).collect();
         assert_eq!(order, [0, 5, 10, 15, 20, 25, 30, 35]);
         assert_eq!(b.buffered(), 0);
+        b.drain_ready(&caught_up, Duration::from_secs(1), &mut out, &mut taken, 3);
+        assert!(taken.is_empty(), "nothing taken, no position");
     }
 
     #[test]
@@ -544,16 +605,19 @@ mod tests {
             b.push(record("reads", 0, i, 50 + i));
         }
         let lagging = Lagging([("room".to_string(), 0)].into_iter().collect());
-        let mut out = Vec::new();
-        assert!(!b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 10), "the room topic is behind");
+        let (mut out, mut taken) = (Vec::new(), Vec::new());
+        let idle = Duration::from_millis(30);
+        assert!(!b.drain_ready(&lagging, idle, &mut out, &mut taken, 10), "the room topic is behind");
         assert_eq!(offsets(&out), [("room".to_string(), 0)]);
         out.clear();
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1));
-        assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "no second wait of max_idle");
-        assert!(b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1));
+        assert!(b.drain_ready(&lagging, idle, &mut out, &mut taken, 1));
+        assert!(b.drain_ready(&lagging, idle, &mut out, &mut taken, 1), "no second wait of max_idle");
+        assert!(b.drain_ready(&lagging, idle, &mut out, &mut taken, 1));
         assert_eq!(out.len(), 3);
-        assert!(!b.drain_ready(&lagging, Duration::from_millis(30), &mut out, 1), "nothing left");
+        assert!(!b.drain_ready(&lagging, idle, &mut out, &mut taken, 1), "nothing left");
+        let reads: Vec<i64> = taken.iter().filter(|(t, ..)| &**t == "reads").map(|(.., o)| *o).collect();
+        assert_eq!(reads, [1, 2, 3], "one position a round");
     }
 
     #[test]
@@ -662,32 +726,37 @@ mod tests {
         assert_eq!(order(out), ["a0", "b0", "b1", "c0", "c0", "d0"]);
     }
 
-    /// Counts the questions asked of the client.
-    struct Counting(std::cell::Cell<u32>, bool);
+    /// Counts the questions asked of the client; every partition's high watermark is `.1`.
+    struct Counting(std::cell::Cell<u32>, i64);
     impl Backlog for Counting {
-        fn has_more(&self, _: &str, _: i32, _: Option<i64>) -> Option<bool> {
+        fn watermarks(&self, _: &str, _: i32) -> Option<(i64, i64)> {
             self.0.set(self.0.get() + 1);
-            Some(self.1)
+            Some((0, self.1))
         }
     }
 
     #[test]
     fn the_client_is_asked_about_a_partition_only_when_its_answer_may_have_changed() {
         let mut b = room_and_reads();
-        let lagging = Counting(Default::default(), true);
-        assert!(drain(&mut b, &lagging, Duration::from_secs(10)).0.is_empty());
+        let lagging = Counting(Default::default(), 2);
+        let ten_s = Duration::from_secs(10);
+        assert!(drain(&mut b, &lagging, ten_s).0.is_empty());
         assert_eq!(lagging.0.get(), 0, "nothing buffered: nothing to decide, nothing asked");
         b.push(record("reads", 0, 0, 5));
         for _ in 0..5 {
-            assert!(drain(&mut b, &lagging, Duration::from_secs(10)).0.is_empty());
+            assert!(drain(&mut b, &lagging, ten_s).0.is_empty());
         }
         assert_eq!(lagging.0.get(), 1, "more to fetch stays so until records are polled");
         b.push(record("room", 0, 0, 1));
-        assert_eq!(offsets(&drain(&mut b, &lagging, Duration::from_secs(10)).0), [("room".to_string(), 0)]);
-        assert_eq!(lagging.0.get(), 2, "polled records: asked again");
+        assert_eq!(offsets(&drain(&mut b, &lagging, ten_s).0), [("room".to_string(), 0)]);
+        assert_eq!(lagging.0.get(), 1, "polled, but still below the high watermark it gave: not asked");
+        b.push(record("room", 0, 1, 2));
+        let out = drain(&mut b, &lagging, ten_s).0;
+        assert_eq!(offsets(&out), [("room".to_string(), 1), ("reads".to_string(), 0)]);
+        assert_eq!(lagging.0.get(), 3, "polled up to it: asked, caught up; then the reads, run dry, asked");
 
         let mut b = room_and_reads();
-        let caught_up = Counting(Default::default(), false);
+        let caught_up = Counting(Default::default(), 0);
         let mut next = 0;
         let mut route_one = |b: &mut InputBuffer| {
             b.push(record("reads", 0, next, next));
@@ -703,5 +772,25 @@ mod tests {
         std::thread::sleep(RECHECK_CAUGHT_UP + Duration::from_millis(5));
         route_one(&mut b);
         assert_eq!(caught_up.0.get(), 5, "then asked again");
+    }
+
+    #[test]
+    fn a_high_watermark_is_trusted_for_a_while_only() {
+        let mut b = room_and_reads();
+        let lagging = Counting(Default::default(), 10);
+        let ten_s = Duration::from_secs(10);
+        b.push(record("reads", 0, 0, 5));
+        b.push(record("room", 0, 0, 1));
+        assert_eq!(offsets(&drain(&mut b, &lagging, ten_s).0), [("room".to_string(), 0)]);
+        assert_eq!(lagging.0.get(), 1, "the room ran dry: asked, 9 records to fetch");
+        b.push(record("room", 0, 1, 2));
+        assert_eq!(offsets(&drain(&mut b, &lagging, ten_s).0), [("room".to_string(), 1)]);
+        assert_eq!(lagging.0.get(), 1, "below the high watermark it knows: not asked");
+        // A topic deleted and created again starts from 0 under its old name: its old high
+        // watermark must not hold routing back for long.
+        std::thread::sleep(RECHECK_HIGH + Duration::from_millis(5));
+        b.push(record("room", 0, 2, 3));
+        assert_eq!(offsets(&drain(&mut b, &lagging, ten_s).0), [("room".to_string(), 2)]);
+        assert_eq!(lagging.0.get(), 2, "asked again once RECHECK_HIGH passed");
     }
 }

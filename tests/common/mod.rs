@@ -388,3 +388,36 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
     })
 }
+
+/// The partitions of `topics` whose committed offset in consumer group `group` is short of
+/// their end: (topic, partition, committed, end), with -1 for nothing committed.
+pub fn uncommitted(bootstrap: &str, group: &str, topics: &[String]) -> Vec<(String, i32, i64, i64)> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(10);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for topic in topics {
+        let metadata = c.fetch_metadata(Some(topic), timeout).unwrap();
+        for p in metadata.topics()[0].partitions() {
+            let (_, end) = c.fetch_watermarks(topic, p.id(), timeout).unwrap();
+            tpl.add_partition(topic, p.id());
+            ends.insert((topic.clone(), p.id()), end);
+        }
+    }
+    let committed = c.committed_offsets(tpl, timeout).unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let end = ends[&(e.topic().to_string(), e.partition())];
+            let at = if let Offset::Offset(o) = e.offset() { o } else { -1 };
+            (at < end).then(|| (e.topic().to_string(), e.partition(), at, end))
+        })
+        .collect()
+}
