@@ -25,7 +25,8 @@ pub struct EngineConfig {
     /// Do not emit completions of messages with no required reader (rule 7).
     pub suppress_trivial: bool,
     /// Rooms kept in memory, measured in state entries (members + pending messages + parked
-    /// reads + 1 per room); the least recently used clean rooms are evicted past it.
+    /// reads + recently finished messages + 1 per room); the least recently used clean rooms
+    /// are evicted past it.
     pub cache_entries: usize,
 }
 

@@ -469,6 +469,7 @@ fn marker_seq(room: &mut Room, ctx: &Ctx, message_id: &Id) -> Result<Option<u64>
     }
     let found = marker(ctx, &room.id, message_id)?;
     if let Some(m) = &found {
+        room.widen_markers(room.last_seq.saturating_sub(m.seq));
         room.remember_marker(message_id.clone(), m.seq);
     }
     Ok(found.map(|m| m.seq))

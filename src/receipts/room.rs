@@ -80,14 +80,27 @@ pub(crate) struct Room {
     pub last_used: u64,
     /// The weight counted for this room in the cache at the last commit.
     pub weight: usize,
-    /// The markers of the last few messages that completed or expired here, newest last:
-    /// id and seq, as in the marker store. Reads often come just after the message they read
-    /// completed (another read covered it); this answers them without a store lookup.
+    /// The markers of the last messages that completed or expired here, oldest first: id and
+    /// seq, as in the marker store. Reads often come after the message they read completed:
+    /// another read covered it, or the reader sent a later message (rule 3). This answers them
+    /// without a store lookup. At most `marker_window` of them (see `widen_markers`).
     recent_markers: VecDeque<(Id, u64)>,
+    /// `recent_markers` by id, once the window is too wide to scan.
+    recent_index: Option<HashMap<Id, u64>>,
+    marker_window: usize,
 }
 
-/// How many recent markers a room keeps in memory (each counts as a state entry).
+/// How many recent markers a room keeps in memory at first (each counts as a state entry).
 const RECENT_MARKERS: usize = 8;
+
+/// How wide a room's window of recent markers grows at most. In a busy room reads come
+/// well after their message completed: 370 messages a second in a room of 10, each member
+/// reading each message 0.05-2 s after it was sent, put most reads 100-700 messages behind
+/// the newest, and their store lookups took 37% of the processing thread (BENCHMARKS.md).
+const RECENT_MARKERS_MAX: usize = 1024;
+
+/// Above this many recent markers a room looks them up through an index instead of a scan.
+const RECENT_MARKERS_SCAN: usize = 16;
 
 impl Room {
     pub fn new(id: Id) -> Self {
@@ -109,6 +122,8 @@ impl Room {
             last_used: 0,
             weight: 1,
             recent_markers: VecDeque::new(),
+            recent_index: None,
+            marker_window: RECENT_MARKERS,
         }
     }
 
@@ -127,19 +142,47 @@ impl Room {
 
     /// The seq of a recent marker (see `recent_markers`); `None` says nothing: look in the store.
     pub fn recent_marker(&self, message_id: &str) -> Option<u64> {
-        self.recent_markers.iter().rev().find(|(id, _)| &**id == message_id).map(|(_, seq)| *seq)
+        match &self.recent_index {
+            Some(index) => index.get(message_id).copied(),
+            None => self.recent_markers.iter().rev().find(|(id, _)| &**id == message_id).map(|(_, seq)| *seq),
+        }
     }
 
     /// A marker that is in the store (written, or just read from it).
     pub fn remember_marker(&mut self, message_id: Id, seq: u64) {
-        if self.recent_markers.len() == RECENT_MARKERS {
-            self.recent_markers.pop_front();
+        if let Some(index) = &mut self.recent_index {
+            if index.insert(message_id.clone(), seq).is_some() {
+                return; // already here (a message's marker never changes its seq)
+            }
+        }
+        while self.recent_markers.len() >= self.marker_window {
+            let Some((oldest, _)) = self.recent_markers.pop_front() else { break };
+            if let Some(index) = &mut self.recent_index {
+                index.remove(&oldest);
+            }
         }
         self.recent_markers.push_back((message_id, seq));
     }
 
+    /// A read named a finished message `behind` seqs before the newest that the window no
+    /// longer held (the store had it): reads here come later than the window reaches, so it
+    /// doubles, up to [`RECENT_MARKERS_MAX`]. One too far back for even that leaves it as it
+    /// is: rooms whose reads come in time, or hours late, keep the small window.
+    pub fn widen_markers(&mut self, behind: u64) {
+        if self.marker_window >= RECENT_MARKERS_MAX || behind >= RECENT_MARKERS_MAX as u64 {
+            return;
+        }
+        self.marker_window = (self.marker_window * 2).min(RECENT_MARKERS_MAX);
+        if self.marker_window > RECENT_MARKERS_SCAN && self.recent_index.is_none() {
+            self.recent_index = Some(self.recent_markers.iter().cloned().collect());
+        }
+    }
+
     /// A marker left the store (expired).
     pub fn forget_marker(&mut self, message_id: &str) {
+        if let Some(index) = &mut self.recent_index {
+            index.remove(message_id);
+        }
         self.recent_markers.retain(|(id, _)| &**id != message_id);
     }
 
@@ -374,5 +417,61 @@ impl Room {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_remembers_its_latest_markers_and_forgets_the_oldest_and_the_expired() {
+        let mut room = Room::new("r".into());
+        let total = RECENT_MARKERS as u64 + 10;
+        for seq in 1..=total {
+            room.remember_marker(format!("m{seq}").into(), seq);
+        }
+        let oldest_kept = total - RECENT_MARKERS as u64 + 1;
+        for seq in 1..=total {
+            let want = (seq >= oldest_kept).then_some(seq);
+            assert_eq!(room.recent_marker(&format!("m{seq}")), want, "m{seq}");
+        }
+        assert_eq!(room.entries(), 1 + RECENT_MARKERS, "each counts as a state entry");
+        room.forget_marker(&format!("m{oldest_kept}"));
+        assert_eq!(room.recent_marker(&format!("m{oldest_kept}")), None, "expired: no longer answered");
+        assert_eq!(room.entries(), RECENT_MARKERS);
+    }
+
+    #[test]
+    fn the_window_widens_for_reads_that_come_late_but_not_for_those_too_late_for_any_window() {
+        let mut room = Room::new("r".into());
+        room.widen_markers(RECENT_MARKERS_MAX as u64);
+        assert_eq!(room.marker_window, RECENT_MARKERS, "too far behind: a wider window would not help");
+        let mut seq = 0u64;
+        let mut remember = |room: &mut Room, n: u64| {
+            for _ in 0..n {
+                seq += 1;
+                room.remember_marker(format!("m{seq}").into(), seq);
+            }
+            seq
+        };
+        remember(&mut room, 100);
+        assert_eq!(room.recent_marker("m90"), None, "beyond the first window");
+        while room.marker_window < RECENT_MARKERS_MAX {
+            room.widen_markers(10);
+        }
+        assert!(room.recent_index.is_some(), "a wide window is indexed");
+        let last = remember(&mut room, RECENT_MARKERS_MAX as u64 + 5);
+        let oldest_kept = last - RECENT_MARKERS_MAX as u64 + 1;
+        assert_eq!(room.recent_marker(&format!("m{oldest_kept}")), Some(oldest_kept));
+        assert_eq!(room.recent_marker(&format!("m{}", oldest_kept - 1)), None, "the oldest went");
+        assert_eq!(room.recent_marker(&format!("m{last}")), Some(last));
+        assert_eq!(room.entries(), 1 + RECENT_MARKERS_MAX);
+        // Remembering one it has again changes nothing and evicts nothing.
+        room.remember_marker(format!("m{last}").into(), last);
+        assert_eq!(room.recent_marker(&format!("m{oldest_kept}")), Some(oldest_kept));
+        room.forget_marker(&format!("m{last}"));
+        assert_eq!(room.recent_marker(&format!("m{last}")), None, "expired: no longer answered");
+        assert_eq!(room.entries(), RECENT_MARKERS_MAX);
     }
 }
