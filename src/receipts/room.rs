@@ -94,9 +94,10 @@ pub(crate) struct Room {
 const RECENT_MARKERS: usize = 8;
 
 /// How wide a room's window of recent markers grows at most. In a busy room reads come
-/// well after their message completed: 370 messages a second in a room of 10, each member
-/// reading each message 0.05-2 s after it was sent, put most reads 100-700 messages behind
-/// the newest, and their store lookups took 37% of the processing thread (BENCHMARKS.md).
+/// well after their message completed: with 370 messages a second in a room of 10, each
+/// member reading each message 0.05-2 s after it was sent, a read can name a message up to
+/// about 700 messages back, and with a window of 8 their store lookups took 37% of the
+/// processing thread (BENCHMARKS.md).
 const RECENT_MARKERS_MAX: usize = 1024;
 
 /// Above this many recent markers a room looks them up through an index instead of a scan.
