@@ -809,6 +809,88 @@ mod tests {
         assert!(engine.store().get(&marker).unwrap().is_some());
     }
 
+    /// A store that counts the marker lookups that reach it.
+    #[derive(Default)]
+    struct CountingMarkers {
+        inner: MemoryStore,
+        marker_gets: std::cell::Cell<usize>,
+    }
+
+    impl KvStore for CountingMarkers {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            if key.starts_with(&persist::marker_key("r", "")) {
+                self.marker_gets.set(self.marker_gets.get() + 1);
+            }
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            from: &[u8],
+            to: Option<&[u8]>,
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.scan(from, to, visit)
+        }
+        fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+            self.inner.write(batch)
+        }
+    }
+
+    /// Room `r`: a sends `m{from}`..=`m{to}`, c reads each, b reads the last (completing
+    /// them all); committed and written, so later lookups reach the store.
+    fn finished_messages(engine: &mut Engine<CountingMarkers>, from: u32, to: u32) {
+        let read = |user: &str, m: u32| Event::Read {
+            room_id: id("r"),
+            user_id: id(user),
+            message_id: id(&format!("m{m}")),
+            read_at: 0,
+            scope: ReadScope::UpTo,
+        };
+        for m in from..=to {
+            let message_id = id(&format!("m{m}"));
+            engine
+                .apply(&Event::Message { room_id: id("r"), message_id, sender_id: id("a"), sent_at: 7 }, NOW)
+                .unwrap();
+            engine.apply(&read("c", m), NOW).unwrap();
+        }
+        engine.apply(&read("b", to), NOW).unwrap();
+        assert_eq!(engine.take_emitted().len(), (to - from + 1) as usize);
+        engine.commit(Vec::new()).unwrap();
+        engine.wait_written().unwrap();
+    }
+
+    /// Reads that name messages finished well before them: the store answers the first few,
+    /// and the room's window of recent markers widens until it answers the rest itself.
+    #[test]
+    fn a_room_whose_reads_come_late_keeps_more_finished_messages_in_memory() {
+        let mut engine = Engine::new(CountingMarkers::default(), EngineConfig::default());
+        for user in ["a", "b", "c"] {
+            engine.apply(&Event::Join { room_id: id("r"), user_id: id(user), at: 0 }, NOW).unwrap();
+        }
+        let late_read = |m: u32| Event::Read {
+            room_id: id("r"),
+            user_id: id("b"),
+            message_id: id(&format!("m{m}")),
+            read_at: 0,
+            scope: ReadScope::UpTo,
+        };
+        finished_messages(&mut engine, 1, 40);
+        let gets = |engine: &Engine<CountingMarkers>| engine.store().marker_gets.get();
+        let before = gets(&engine);
+        for m in 10..13 {
+            engine.apply(&late_read(m), NOW).unwrap();
+        }
+        assert_eq!(gets(&engine) - before, 3, "the first 8 markers in memory are the last 8");
+
+        finished_messages(&mut engine, 41, 100);
+        let before = gets(&engine);
+        for m in 41..100 {
+            engine.apply(&late_read(m), NOW).unwrap();
+        }
+        assert_eq!(gets(&engine) - before, 0, "the widened window held all 60");
+        assert_eq!(engine.outcomes().read_applied, 40 + 60 + 2 + 3 + 59, "each read applied once");
+    }
+
     /// A store whose next background write fails: the batch stays out of it, and the failure
     /// is reported when the engine waits for the write.
     #[derive(Default)]
