@@ -175,7 +175,17 @@ impl Room {
         }
         self.marker_window = (self.marker_window * 2).min(RECENT_MARKERS_MAX);
         if self.marker_window > RECENT_MARKERS_SCAN && self.recent_index.is_none() {
-            self.recent_index = Some(self.recent_markers.iter().cloned().collect());
+            // One entry per id from here on, so that evicting the oldest never takes a newer
+            // one's index entry with it.
+            let mut index = HashMap::default();
+            let mut seen = HashSet::default();
+            let newest_first: Vec<(Id, u64)> =
+                self.recent_markers.drain(..).rev().filter(|(id, _)| seen.insert(id.clone())).collect();
+            for (id, seq) in newest_first.into_iter().rev() {
+                index.insert(id.clone(), seq);
+                self.recent_markers.push_back((id, seq));
+            }
+            self.recent_index = Some(index);
         }
     }
 
@@ -441,6 +451,24 @@ mod tests {
         room.forget_marker(&format!("m{oldest_kept}"));
         assert_eq!(room.recent_marker(&format!("m{oldest_kept}")), None, "expired: no longer answered");
         assert_eq!(room.entries(), RECENT_MARKERS);
+    }
+
+    #[test]
+    fn an_id_remembered_twice_before_the_window_was_indexed_stays_answered() {
+        let mut room = Room::new("r".into());
+        for id in ["dup", "x1", "x2", "x3", "dup"] {
+            room.remember_marker(id.into(), if id == "dup" { 1 } else { 2 });
+        }
+        while room.marker_window <= RECENT_MARKERS_SCAN {
+            room.widen_markers(10);
+        }
+        // One past the window's room for what it held: the oldest goes, not the id in twice.
+        let held = 4;
+        for i in 0..=(room.marker_window - held) {
+            room.remember_marker(format!("y{i}").into(), 3);
+        }
+        assert_eq!(room.recent_marker("x1"), None, "the oldest went");
+        assert_eq!(room.recent_marker("dup"), Some(1));
     }
 
     #[test]
