@@ -1,5 +1,6 @@
 //! The foundation on a real broker: JSON through rdkafka, regex subscription picking up a
-//! topic created later, and transactions honoured for `read_committed` consumers.
+//! topic created later, transactions honoured for `read_committed` consumers, and the
+//! batch and topic-handle paths allread produces by.
 
 mod common;
 
@@ -168,4 +169,64 @@ fn a_batch_goes_out_whole_in_order_with_its_tombstones_through_a_full_queue_and_
     // Only the committed batch, each record once, in order; every seventh a tombstone.
     assert_eq!(got, batch("c"));
     assert!(c.poll(Duration::from_secs(1)).is_none(), "nothing after the batch");
+}
+
+#[test]
+fn a_record_sent_by_topic_handle_lands_as_one_sent_by_name_would_through_a_full_queue() {
+    let bootstrap = common::broker();
+    let by_handle = common::unique("foundation_handle_");
+    let by_name = common::unique("foundation_name_");
+    common::create_topic(&bootstrap, &by_handle, 4);
+    common::create_topic(&bootstrap, &by_name, 4);
+    // A queue of 50 records: 600 records fill it many times over.
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "50")
+        .create()
+        .expect("producer");
+    let base = 1_700_000_000_000i64;
+    let records: Vec<(String, String, i64)> =
+        (0..600).map(|i| (format!("room{}", i % 37), format!("v{i}"), base + i * 1000)).collect();
+    let handle = allread::kafka::TopicHandle::new(&p, &by_handle).expect("handle");
+    for (key, value, ts) in &records {
+        allread::kafka::send_to(&handle, key.as_bytes(), value.as_bytes(), *ts).expect("sent by handle");
+        let record = BaseRecord::to(&by_name).key(key.as_bytes()).payload(value.as_bytes()).timestamp(*ts);
+        allread::kafka::send(&p, record).expect("sent by name");
+    }
+    drop(handle);
+    allread::kafka::flush(&p, Duration::from_secs(30)).expect("flushed");
+
+    // (partition, key, value, timestamp) of each topic's records, in each partition's order.
+    let read = |topic: &str| {
+        let c = consumer(&bootstrap, &common::unique("g_"), "read_committed");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for partition in 0..4 {
+            tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        while got.len() < records.len() && Instant::now() < deadline {
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.expect("consumer error");
+                let text = |b: Option<&[u8]>| String::from_utf8(b.expect("bytes").to_vec()).unwrap();
+                got.push((m.partition(), text(m.key()), text(m.payload()), m.timestamp().to_millis().unwrap()));
+            }
+        }
+        // Stable: each partition's records stay in the order they were read.
+        got.sort_by_key(|(partition, ..)| *partition);
+        got
+    };
+    let number = |value: &str| value[1..].parse::<u32>().unwrap();
+    let got = read(&by_handle);
+    let mut sent: Vec<(String, String, i64)> = got.iter().map(|(_, k, v, ts)| (k.clone(), v.clone(), *ts)).collect();
+    sent.sort_by_key(|(_, value, _)| number(value));
+    assert_eq!(sent, records, "every record once, with its key, value and timestamp");
+    for pair in got.windows(2).filter(|w| w[0].0 == w[1].0) {
+        assert!(number(&pair[0].2) < number(&pair[1].2), "a partition keeps the order sent: {pair:?}");
+    }
+    assert_eq!(got, read(&by_name), "the same partitions, in the same order, as records sent by name");
+    let partitions: std::collections::BTreeSet<i32> = got.iter().map(|(p, ..)| *p).collect();
+    assert!(partitions.len() > 1, "keys spread over partitions: {partitions:?}");
 }

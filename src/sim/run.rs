@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use super::workload::{generate, ground_truth, Shape, SimEvent, Target};
 use crate::codec::format_millis;
 use crate::kafka::admin::{ensure_topics, TopicSpec};
+use crate::kafka::TopicHandle;
 use crate::receipts::{Event, ReadScope};
 
 /// Where the chat lives and how it is driven.
@@ -249,30 +250,38 @@ fn produce(opts: &Options, events: &[SimEvent]) -> anyhow::Result<i64> {
         eprintln!("sim: topics are there; writing the chat in {:?}", opts.start_after);
         std::thread::sleep(opts.start_after);
     }
+    // Handles, not names: see `TopicHandle`.
+    let room_handles = room_topics
+        .iter()
+        .map(|t| TopicHandle::new(&producer, t))
+        .collect::<Result<Vec<_>, _>>()
+        .context("opening the room topics")?;
+    let read_handle = TopicHandle::new(&producer, &opts.read_topic).context("opening the read topic")?;
     let epoch = now_ms();
     let start = Instant::now();
     let mut lateness = Lateness::new();
     for e in events {
         if opts.live {
             let due = Duration::from_secs_f64(e.at as f64 / 1000.0 / opts.speed);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
+            // One clock read per event, a second only after sleeping.
+            let mut now = start.elapsed();
+            if let Some(wait) = due.checked_sub(now) {
                 if wait > Duration::from_millis(1) {
                     std::thread::sleep(wait);
+                    now = start.elapsed();
                 }
             }
-            lateness.record(due, start.elapsed());
+            lateness.record(due, now);
         }
         let value = encode(e, epoch);
         let room = e.event.room_id();
         let topic = match e.target {
-            Target::Room(r) => &room_topics[r as usize],
-            Target::Read => &opts.read_topic,
+            Target::Room(r) => &room_handles[r as usize],
+            Target::Read => &read_handle,
         };
         // Stamped with the chat's time: a processor that orders by record timestamp sees the
         // chat's order even when it is written much faster than it happened.
-        let record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).key(room.as_bytes()).payload(&value[..]).timestamp(epoch + e.at as i64);
-        crate::kafka::send(&producer, record).context("producing the chat")?;
+        crate::kafka::send_to(topic, room.as_bytes(), &value, epoch + e.at as i64).context("producing the chat")?;
     }
     crate::kafka::flush(&producer, Duration::from_secs(120)).context("flushing the chat")?;
     let secs = start.elapsed().as_secs_f64();
