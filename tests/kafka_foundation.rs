@@ -1,6 +1,6 @@
 //! The foundation on a real broker: JSON through rdkafka, regex subscription picking up a
-//! topic created later, transactions honoured for `read_committed` consumers, and the
-//! batch and topic-handle paths allread produces by.
+//! topic created later, transactions honoured for `read_committed` consumers, the batch path
+//! allread writes its changelog by, and the topic-handle path its chat generator writes by.
 
 mod common;
 
