@@ -1,0 +1,47 @@
+//! `scripts/bench-report` picks each latency measurement's median run when `scripts/bench`
+//! repeats it (`BENCH_LATENCY_REPEAT`), and shows a failed run. Its functions are run directly
+//! on a results file written here (no broker, no plot).
+
+use std::process::Command;
+
+/// `load_latency` of a results file with these latency rows, as JSON: (system, load) -> the
+/// chosen run's p50, p99 and status, and how many runs it was chosen from.
+fn chosen(rows: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("allread-bench-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<String> = rows.iter().map(|r| format!("latency\t{}\n", r.replace('|', "\t"))).collect();
+    std::fs::write(dir.join("results.tsv"), lines.concat()).unwrap();
+    let script = format!("{}/scripts/bench-report", env!("CARGO_MANIFEST_DIR"));
+    let code = format!(
+        "import json, runpy; m = runpy.run_path({script:?}); l = m['load_latency']({dir:?}); \
+         print(json.dumps({{f'{{k[0]}}@{{k[1]}}': dict(p50=v['p50'], p99=v['p99'], status=v['status'], runs=len(v['runs'])) for k, v in l.items()}}))",
+        dir = dir.display().to_string()
+    );
+    let out = Command::new("python3").args(["-c", &code]).output().expect("python3 runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn a_repeated_latency_measurement_reports_its_median_run_by_p99_and_any_failure() {
+    // Fields, as scripts/bench writes them (tabs here written as |): system, load, offered
+    // events/s, p50, p99, p99.9, status.
+    let got = chosen(&[
+        "(b) allread at_least_once|0.5|389884|298|461|700|ok",
+        "(b) allread at_least_once|0.5|389884|300|521|745|ok",
+        "(b) allread at_least_once|0.5|389884|282|505|745|ok",
+        "(c) allread exactly_once|0.5|337146|180|509|600|ok",
+        "(c) allread exactly_once|0.5|337146||||FAILED",
+        "(a) passthrough|0.5|389884|20|61|129|ok",
+    ]);
+    let b = &got["(b) allread at_least_once@0.5"];
+    assert_eq!((b["p50"].as_f64(), b["p99"].as_f64()), (Some(282.0), Some(505.0)), "the middle p99 of three: {got}");
+    assert_eq!((b["status"].as_str(), b["runs"].as_u64()), (Some("ok"), Some(3)));
+    // Of two, the lower middle one; a run without figures counts as the slowest.
+    let c = &got["(c) allread exactly_once@0.5"];
+    assert_eq!(c["p99"].as_f64(), Some(509.0), "{got}");
+    assert_eq!(c["status"].as_str(), Some("1 of 2 runs failed"));
+    let a = &got["(a) passthrough@0.5"];
+    assert_eq!((a["p99"].as_f64(), a["runs"].as_u64()), (Some(61.0), Some(1)), "a single run is itself");
+}
