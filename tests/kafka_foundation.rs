@@ -1,6 +1,7 @@
 //! The foundation on a real broker: JSON through rdkafka, regex subscription picking up a
 //! topic created later, transactions honoured for `read_committed` consumers, the batch path
-//! allread writes its changelog by, and the topic-handle path its chat generator writes by.
+//! allread writes its changelog by, the topic-handle path its chat generator writes by, and
+//! the record queue allread takes its input from in batches.
 
 mod common;
 
@@ -229,4 +230,105 @@ fn a_record_sent_by_topic_handle_lands_as_one_sent_by_name_would_through_a_full_
     assert_eq!(got, read(&by_name), "the same partitions, in the same order, as records sent by name");
     let partitions: std::collections::BTreeSet<i32> = got.iter().map(|(p, ..)| *p).collect();
     assert!(partitions.len() > 1, "keys spread over partitions: {partitions:?}");
+}
+
+/// (partition, offset, key, value, timestamp, header value) of a record.
+type Taken = (i32, i64, String, String, i64, Option<String>);
+
+/// Takes records from `queue` (serving `c`'s own queue between batches, as allread's loop does)
+/// until `want` arrived or `within` passed; returns them and how many `c`'s own `poll` gave.
+fn take_batches(
+    c: &BaseConsumer<allread::kafka::records::ForwardingContext>,
+    queue: &mut allread::kafka::records::RecordQueue<'_>,
+    want: usize,
+    within: Duration,
+) -> (Vec<Taken>, usize) {
+    let text = |b: Option<&[u8]>| String::from_utf8(b.expect("bytes").to_vec()).unwrap();
+    let deadline = Instant::now() + within;
+    let (mut got, mut by_poll) = (Vec::new(), 0);
+    while got.len() < want && Instant::now() < deadline {
+        while let Some(m) = c.poll(Duration::ZERO) {
+            m.expect("consumer error");
+            by_poll += 1;
+        }
+        let n = queue.poll(Duration::from_millis(100), 64, |m| {
+            let m = m.expect("consumer error");
+            let header = m.headers().map(|h| {
+                use rdkafka::message::Headers;
+                let h = h.get(0);
+                assert_eq!(h.key, "h");
+                text(h.value)
+            });
+            got.push((m.partition(), m.offset(), text(m.key()), text(m.payload()), m.timestamp().unwrap(), header));
+        });
+        assert!(n <= 64, "at most the batch asked for: {n}");
+    }
+    (got, by_poll)
+}
+
+#[test]
+fn forwarded_partitions_are_served_in_batches_in_order_and_a_seek_drops_what_was_fetched_before() {
+    use allread::kafka::records::{ForwardingContext, RecordQueue};
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    let bootstrap = common::broker();
+    let topic = common::unique("foundation_batches_");
+    common::create_topic(&bootstrap, &topic, 2);
+    let p = producer(&bootstrap, None);
+    let base = 1_700_000_000_000i64;
+    let send = |partition: i32, i: i64| {
+        let (key, value) = (format!("k{partition}-{i}"), format!("v{partition}-{i}"));
+        let mut record = BaseRecord::to(&topic)
+            .partition(partition)
+            .key(key.as_bytes())
+            .payload(value.as_bytes())
+            .timestamp(base + i);
+        if i % 50 == 0 {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "h", value: Some(&format!("x{i}")) }));
+        }
+        allread::kafka::send(&p, record).expect("sent");
+    };
+    let expected = |partition: i32, i: i64| -> Taken {
+        let header = (i % 50 == 0).then(|| format!("x{i}"));
+        (partition, i, format!("k{partition}-{i}"), format!("v{partition}-{i}"), base + i, header)
+    };
+    for i in 0..200 {
+        send(0, i);
+        send(1, i);
+    }
+    allread::kafka::flush(&p, Duration::from_secs(30)).expect("flushed");
+
+    let c: BaseConsumer<ForwardingContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", common::unique("g_"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create_with_context(ForwardingContext::default())
+        .expect("consumer");
+    let mut queue = RecordQueue::open(&c, &c.context().forwarding);
+    c.subscribe(&[&topic]).unwrap();
+    let (mut got, by_poll) = take_batches(&c, &mut queue, 400, Duration::from_secs(30));
+    assert_eq!(by_poll, 0, "every record of an assigned partition comes from the record queue");
+    // Stable: each partition's records stay in the order they were taken.
+    got.sort_by_key(|t| t.0);
+    let want: Vec<Taken> = (0..2).flat_map(|p| (0..200).map(move |i| expected(p, i))).collect();
+    assert_eq!(got, want, "every record once, each partition in order, with its key, value, timestamp, headers");
+
+    // Records fetched into the queue and not taken yet are dropped by a seek, which serves
+    // the partition again from where it points.
+    for i in 200..300 {
+        send(0, i);
+    }
+    allread::kafka::flush(&p, Duration::from_secs(30)).expect("flushed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue.len() < 100 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(queue.len(), 100, "fetched into the queue, not taken");
+    c.seek(&topic, 0, rdkafka::Offset::Offset(250), Duration::from_secs(10)).expect("seek");
+    let (got, by_poll) = take_batches(&c, &mut queue, 50, Duration::from_secs(30));
+    assert_eq!(by_poll, 0);
+    assert_eq!(got, (250..300).map(|i| expected(0, i)).collect::<Vec<_>>(), "from the seek on, once each");
+    let (more, _) = take_batches(&c, &mut queue, 1, Duration::from_secs(2));
+    assert!(more.is_empty(), "nothing fetched before the seek is served after it: {:?}", more.first());
 }

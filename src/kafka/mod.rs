@@ -5,6 +5,7 @@ pub mod admin;
 pub mod envelope;
 pub mod group;
 pub mod partitioner;
+pub mod records;
 
 use std::time::Duration;
 

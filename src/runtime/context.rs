@@ -12,9 +12,12 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{error, info};
 
 use super::processor::Processor;
+use crate::kafka::records::Forwarding;
 
 pub struct RuntimeContext {
     pub(crate) processor: Arc<Mutex<Processor>>,
+    /// Sends assigned partitions' records to the loop's record queue (see `kafka::records`).
+    pub(crate) forwarding: Forwarding,
 }
 
 impl ClientContext for RuntimeContext {}
@@ -27,6 +30,8 @@ impl ConsumerContext for RuntimeContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 info!(partitions = tpl.count(), "partitions assigned");
                 let paused = processor.on_assign(consumer, tpl);
+                // Before the assignment starts their fetches (see `kafka::records`).
+                self.forwarding.forward(consumer, tpl);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 // Tasks restore before they process: their partitions wait, paused.
                 assigned.and_then(|()| if paused.count() > 0 { consumer.pause(&paused) } else { Ok(()) })

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use tracing::{error, info, warn};
 
 pub use processor::now_ms;
@@ -37,6 +38,7 @@ use self::router::{InputDecoder, Polled, TopicNames};
 use crate::config::{Config, ConfigError, Guarantee};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::partitioner::partition_for;
+use crate::kafka::records::RecordQueue;
 use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_passthrough};
 use crate::metrics::Metrics;
 use crate::receipts::persist;
@@ -217,15 +219,17 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     }
 
     let consumer: BaseConsumer<RuntimeContext> = input_consumer_config(&cfg)
-        .create_with_context(RuntimeContext { processor: processor.clone() })
+        .create_with_context(RuntimeContext { processor: processor.clone(), forwarding: Default::default() })
         .map_err(RuntimeError::Client)?;
+    // Opened before subscribing, so that every assigned partition is forwarded to it.
+    let records = RecordQueue::open(&consumer, &consumer.context().forwarding);
 
     let repartition = cfg.repartition_topic();
     let subscription = [cfg.topics.room_pattern.as_str(), cfg.topics.read.as_str(), repartition.as_str()];
     consumer.subscribe(&subscription).map_err(RuntimeError::Client)?;
     info!(?subscription, group = %cfg.application_id, "allread running");
 
-    let result = process_until(&consumer, &processor, &cfg, &shutdown);
+    let result = process_until(&consumer, records, &processor, &cfg, &shutdown);
 
     // Leave cleanly: commit, then close the consumer (its revocation commits again, which is
     // a no-op), here on this thread.
@@ -287,6 +291,7 @@ fn lock(p: &Mutex<Processor>) -> std::sync::MutexGuard<'_, Processor> {
 
 fn process_until(
     consumer: &BaseConsumer<RuntimeContext>,
+    mut records: RecordQueue<'_>,
     processor: &Mutex<Processor>,
     cfg: &Config,
     shutdown: &AtomicBool,
@@ -295,6 +300,7 @@ fn process_until(
     let tick_every = Duration::from_millis(cfg.processing.tick_interval_ms);
     let max_records = cfg.processing.max_poll_records;
     let mut last_consumer_warning: Option<Instant> = None;
+    let mut unforwarded_warned = false;
     let mut ticks = 0u64;
     let mut restoring = false;
     // Consecutive rewinds without a successful commit: each waits longer, so a failure that
@@ -319,21 +325,33 @@ fn process_until(
             (false, true) => 1,
             (false, false) => 50,
         });
-        while batch.len() < max_records {
-            match consumer.poll(timeout) {
-                None => break,
-                Some(Ok(m)) => batch.push(Polled::new(&m, &mut topics, &decoder)),
-                Some(Err(e)) => {
-                    // Broker down, topic not there yet: librdkafka retries; say so now and then.
-                    if last_consumer_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        warn!(error = %e, "consumer error (retrying)");
-                        last_consumer_warning = Some(Instant::now());
+        // Broker down, topic not there yet: librdkafka retries; say so now and then.
+        let mut consumer_error = |e: KafkaError| {
+            if last_consumer_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                warn!(error = %e, "consumer error (retrying)");
+                last_consumer_warning = Some(Instant::now());
+            }
+        };
+        // The consumer's own queue: rebalances (served inside `poll`), errors, and the records
+        // of a partition not forwarded to `records`, if any were.
+        while let Some(polled) = consumer.poll(Duration::ZERO) {
+            match polled {
+                Ok(m) => {
+                    if !unforwarded_warned {
+                        warn!(topic = m.topic(), partition = m.partition(), "a record came through the consumer's own queue: its partition was not forwarded to the record queue (taken one at a time)");
+                        unforwarded_warned = true;
                     }
-                    break;
+                    batch.push(Polled::new(&m, &mut topics, &decoder))
                 }
+                Err(e) => consumer_error(e),
             }
             timeout = Duration::ZERO;
         }
+        let room = max_records.saturating_sub(batch.len());
+        records.poll(timeout, room, |polled| match polled {
+            Ok(m) => batch.push(Polled::new(&m, &mut topics, &decoder)),
+            Err(e) => consumer_error(e),
+        });
         let mut p = lock(processor);
         if let Some(fatal) = p.fatal.take() {
             return Err(fatal);

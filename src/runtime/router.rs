@@ -100,8 +100,70 @@ impl InputDecoder {
     }
 }
 
+/// What [`Polled::new`] reads of a fetched record: a record served in a batch
+/// ([`crate::kafka::records::Record`]), or one rdkafka's `poll` gave.
+pub trait Fetched {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    /// Milliseconds since the epoch, if the record has a timestamp.
+    fn timestamp(&self) -> Option<i64>;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    /// A copy of its headers, `None` if it has none.
+    fn headers(&self) -> Option<OwnedHeaders>;
+}
+
+impl Fetched for crate::kafka::records::Record<'_> {
+    fn topic(&self) -> &str {
+        self.topic()
+    }
+    fn partition(&self) -> i32 {
+        self.partition()
+    }
+    fn offset(&self) -> i64 {
+        self.offset()
+    }
+    fn timestamp(&self) -> Option<i64> {
+        self.timestamp()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key()
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        self.payload()
+    }
+    fn headers(&self) -> Option<OwnedHeaders> {
+        self.headers()
+    }
+}
+
+impl Fetched for BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn timestamp(&self) -> Option<i64> {
+        Message::timestamp(self).to_millis()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+    fn headers(&self) -> Option<OwnedHeaders> {
+        Message::headers(self).map(|h| h.detach())
+    }
+}
+
 impl Polled {
-    pub fn new(m: &BorrowedMessage<'_>, topics: &mut TopicNames, decoder: &InputDecoder) -> Polled {
+    pub fn new(m: &impl Fetched, topics: &mut TopicNames, decoder: &InputDecoder) -> Polled {
         let topic = topics.get(m.topic());
         let payload = m.payload();
         let error = match decoder.polled(&topic, payload.unwrap_or_default()) {
@@ -109,20 +171,13 @@ impl Polled {
                 // A Kafka record is far smaller than 4 GiB.
                 let bytes = payload.map_or(0, |p| u32::try_from(p.len()).expect("a record under 4 GiB"));
                 let body = Body::Event { event, bytes };
-                return Polled {
-                    topic,
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis(),
-                    body,
-                };
+                return Polled { topic, partition: m.partition(), offset: m.offset(), timestamp: m.timestamp(), body };
             }
             Some(Err(e)) => Some(e),
             None => None,
         };
-        let headers = if error.is_some() { m.headers().map(|h| h.detach()) } else { None };
-        let mut polled =
-            Polled::from_parts(topic, m.partition(), m.offset(), m.timestamp().to_millis(), m.key(), payload, headers);
+        let headers = if error.is_some() { m.headers() } else { None };
+        let mut polled = Polled::from_parts(topic, m.partition(), m.offset(), m.timestamp(), m.key(), payload, headers);
         if let Body::Raw(raw) = &mut polled.body {
             raw.error = error;
         }
