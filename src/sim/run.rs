@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use super::workload::{generate, ground_truth, Shape, SimEvent, Target};
 use crate::codec::format_millis;
 use crate::kafka::admin::{ensure_topics, TopicSpec};
+use crate::kafka::records::{ForwardingContext, RecordQueue};
 use crate::kafka::TopicHandle;
 use crate::receipts::{Event, ReadScope};
 
@@ -529,11 +530,13 @@ pub fn passthrough(
             )
         }
     };
-    let consumer: BaseConsumer = crate::kafka::tune_input_consumer(&mut client(bootstrap))
+    // Records are taken in batches from a queue of their own, as allread takes them.
+    let consumer: BaseConsumer<ForwardingContext> = crate::kafka::tune_input_consumer(&mut client(bootstrap))
         .set("group.id", format!("allread-passthrough-{}", now_ms()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .create()?;
+        .create_with_context(ForwardingContext::default())?;
+    let mut records = RecordQueue::open(&consumer, &consumer.context().forwarding);
     consumer.subscribe(&[room_pattern, read_topic])?;
     let producer: ThreadedProducer<DefaultProducerContext> = client(bootstrap)
         .set("enable.idempotence", "true")
@@ -547,25 +550,42 @@ pub fn passthrough(
     // When the records at the sustained rate's marks were sent (see `super::rate`).
     let (first_mark, second_mark) = super::rate::marks(expect);
     let mut at_marks = [0i64; 2];
+    let mut failed: Option<anyhow::Error> = None;
     while n < expect {
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let m = m?;
-        first.get_or_insert_with(Instant::now);
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(sink).payload(m.payload().unwrap_or_default());
-        if let Some(k) = m.key() {
-            record = record.key(k);
+        // The consumer's own queue: rebalances, errors (no records: all are forwarded).
+        while let Some(m) = consumer.poll(Duration::ZERO) {
+            m?;
         }
-        if let Some(ts) = m.timestamp().to_millis() {
-            record = record.timestamp(ts);
+        records.poll(Duration::from_millis(100), 10_000, |m| {
+            if failed.is_some() || n >= expect {
+                return;
+            }
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => return failed = Some(e.into()),
+            };
+            first.get_or_insert_with(Instant::now);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(sink).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(ts) = m.timestamp() {
+                record = record.timestamp(ts);
+            }
+            if let Err(e) = crate::kafka::send(&producer, record) {
+                return failed = Some(e.into());
+            }
+            if n == first_mark {
+                at_marks[0] = now_ms();
+            }
+            if n == second_mark {
+                at_marks[1] = now_ms();
+            }
+            n += 1;
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
-        crate::kafka::send(&producer, record)?;
-        if n == first_mark {
-            at_marks[0] = now_ms();
-        }
-        if n == second_mark {
-            at_marks[1] = now_ms();
-        }
-        n += 1;
         if last_commit.elapsed() > Duration::from_millis(100) {
             crate::kafka::flush(&producer, Duration::from_secs(60))?;
             consumer.commit_consumer_state(CommitMode::Async)?;
