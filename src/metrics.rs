@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Routing rounds that went ahead after `max_task_idle_ms` although an input partition
     /// still had records to fetch (input possibly out of timestamp order).
     pub enforced_routing: IntCounter,
+    /// Input records fetched by the consumer and not taken yet (librdkafka's prefetch).
+    pub fetched_inputs: IntGauge,
     /// Input records polled and waiting to be routed in timestamp order.
     pub buffered_inputs: IntGauge,
     /// Routed records held until their task's repartition partition is caught up.
@@ -252,6 +254,11 @@ impl Metrics {
                 &r,
                 "allread_enforced_routing_total",
                 "Routing rounds that stopped waiting for a lagging input partition after processing.max_task_idle_ms.",
+            ),
+            fetched_inputs: gauge(
+                &r,
+                "allread_fetched_input_records",
+                "Input records the consumer has fetched and allread has not taken yet (librdkafka's prefetch).",
             ),
             buffered_inputs: gauge(
                 &r,

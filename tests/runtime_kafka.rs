@@ -102,6 +102,9 @@ fn the_spec_worked_example_end_to_end() {
         ("allread_dead_lettered_records_total", 0.0),
         ("allread_message_to_receipt_seconds_count", 2.0),
         ("allread_tasks", 4.0),
+        // Nothing waits once everything is applied.
+        ("allread_fetched_input_records", 0.0),
+        ("allread_buffered_input_records", 0.0),
     ] {
         assert_eq!(common::metric(&text, series), Some(value), "{series} in\n{text}");
     }

@@ -371,6 +371,7 @@ fn process_until(
             }
         }
         if failed.is_none() && p.last_tick.elapsed() >= tick_every {
+            p.metrics.fetched_inputs.set(i64::try_from(records.len()).unwrap_or(i64::MAX));
             failed = p.tick().err();
             ticks += 1;
             if ticks.is_multiple_of(5) {
