@@ -334,7 +334,8 @@ fn process_until(
         };
         // The consumer's own queue: rebalances (served inside `poll`), errors, and the records
         // of a partition not forwarded to `records`, if any were.
-        while let Some(polled) = consumer.poll(Duration::ZERO) {
+        while batch.len() < max_records {
+            let Some(polled) = consumer.poll(Duration::ZERO) else { break };
             match polled {
                 Ok(m) => {
                     if !unforwarded_warned {

@@ -552,9 +552,12 @@ pub fn passthrough(
     let mut at_marks = [0i64; 2];
     let mut failed: Option<anyhow::Error> = None;
     while n < expect {
-        // The consumer's own queue: rebalances, errors (no records: all are forwarded).
-        while let Some(m) = consumer.poll(Duration::ZERO) {
-            m?;
+        // The consumer's own queue: rebalances (served inside `poll`, which then gives nothing)
+        // and errors. Every partition is forwarded to `records` as it is assigned, so a record
+        // here would be a bug, not one to drop.
+        if let Some(m) = consumer.poll(Duration::ZERO) {
+            let m = m?;
+            bail!("a record of {} [{}] came through the consumer's own queue", m.topic(), m.partition());
         }
         records.poll(Duration::from_millis(100), 10_000, |m| {
             if failed.is_some() || n >= expect {
