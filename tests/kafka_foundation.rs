@@ -22,16 +22,21 @@ fn producer(bootstrap: &str, transactional_id: Option<&str>) -> ThreadedProducer
     config.create().expect("producer")
 }
 
-fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
-    ClientConfig::new()
+/// A group consumer's settings: from the earliest record, no auto-commit.
+fn consumer_config(bootstrap: &str, group: &str, isolation: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
-        .set("topic.metadata.refresh.interval.ms", "1000")
-        .create()
-        .expect("consumer")
+        .set("topic.metadata.refresh.interval.ms", "1000");
+    config
+}
+
+fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
+    consumer_config(bootstrap, group, isolation).create().expect("consumer")
 }
 
 /// Polls until `want` records arrived or `timeout` passed; returns (topic, value) pairs.
@@ -298,11 +303,7 @@ fn forwarded_partitions_are_served_in_batches_in_order_and_a_seek_drops_what_was
     }
     allread::kafka::flush(&p, Duration::from_secs(30)).expect("flushed");
 
-    let c: BaseConsumer<ForwardingContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", common::unique("g_"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
+    let c: BaseConsumer<ForwardingContext> = consumer_config(&bootstrap, &common::unique("g_"), "read_uncommitted")
         .create_with_context(ForwardingContext::default())
         .expect("consumer");
     let mut queue = RecordQueue::open(&c, &c.context().forwarding);
