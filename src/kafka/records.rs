@@ -14,7 +14,9 @@
 //! already (`RD_KAFKA_Q_F_FWD_APP`). Set in the rebalance callback, before `assign`, every
 //! record of the partition goes through the one queue, in order. Pausing, seeking and
 //! revoking bump the partition's version, as with the consumer's queue, and the batch call
-//! drops what was fetched before.
+//! drops what was fetched before. librdkafka measures a partition's prefetch by the queue it
+//! is forwarded to, so `queued.min.messages` and `queued.max.messages.kbytes` still bound all
+//! partitions together, as they did on the consumer's queue.
 
 use std::ffi::{c_void, CStr};
 use std::marker::PhantomData;
