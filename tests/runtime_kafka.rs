@@ -76,6 +76,12 @@ fn the_spec_worked_example_end_to_end() {
     assert_eq!(ids(&second), ["m2"]);
     assert!(out.read(1, Duration::from_secs(2)).is_empty(), "nothing more is complete");
     assert!(!allread.log_text().contains("secret"), "a message body reached the log");
+    // Every assigned partition was forwarded to the record queue, whose records are taken in
+    // batches; one that was not would be taken one at a time, with this warning.
+    assert!(
+        !allread.log_text().contains("came through the consumer's own queue"),
+        "a partition was not forwarded to the record queue"
+    );
 
     // After: the counters match what was sent (engine outcomes are exported at commit).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
