@@ -39,15 +39,13 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// Forwards the fetch queue of each partition of `tpl` to the open [`RecordQueue`], if
-    /// there is one; returns how many were forwarded. Call it in the rebalance callback,
-    /// before assigning `tpl`.
-    pub fn forward<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) -> usize {
+    /// there is one. Call it in the rebalance callback, before assigning `tpl`.
+    pub fn forward<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) {
         let target = self.target.load(Ordering::Acquire);
         if target.is_null() {
-            return 0;
+            return;
         }
         let client = consumer.client().native_ptr();
-        let mut forwarded = 0;
         for elem in tpl.elements() {
             let Ok(topic) = std::ffi::CString::new(elem.topic()) else { continue };
             // SAFETY: the client lives (the consumer is borrowed); a partition's queue handle
@@ -61,9 +59,7 @@ impl Forwarding {
                 rd::rd_kafka_queue_forward(queue, target);
                 rd::rd_kafka_queue_destroy(queue);
             }
-            forwarded += 1;
         }
-        forwarded
     }
 }
 
