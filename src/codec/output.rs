@@ -1,8 +1,8 @@
 //! The `receipt_complete` record: `{room_id, message_id, sender_id, seq, sent_at,
 //! completed_at, required_readers}`, times as RFC 3339 UTC, keyed by room id.
 //!
-//! Written by hand, not through serde: one receipt is encoded for every ten input events, and
-//! serde's way (two `String`s for the times through chrono's formatter, then the object)
+//! Written by hand, not through serde: the benchmark's chat encodes a receipt for every ten
+//! input events, and serde's way (two `String`s for the times through chrono's formatter, then the object)
 //! took 2.7% of the processing thread, this 1.7% (`perf`, BENCHMARKS.md, 5 December, a ninth
 //! session). It gives byte for byte what serde_json gives for the same fields (a property
 //! test below).
