@@ -268,9 +268,13 @@ struct Part {
     next: Option<i64>,
     /// The last answer to "more to fetch?" for `next`, and when it was found. Asking the
     /// client costs a lookup linear in the number of topics, so answers are kept: "more to
-    /// fetch" holds until records are polled; "caught up" is asked again after
-    /// `RECHECK_CAUGHT_UP`, as a fetch response may have moved it.
+    /// fetch" holds until records are polled; "caught up" is asked again after `recheck`, as
+    /// a fetch response may have moved it.
     more: Option<(bool, Instant)>,
+    /// How long the current "caught up" is kept: [`RECHECK_CAUGHT_UP`], doubled each time
+    /// the partition is found caught up again with nothing polled in between, up to
+    /// [`RECHECK_IDLE`].
+    recheck: Duration,
     /// The last high watermark the client gave, and when. A high watermark never goes back,
     /// so while `next` is below it there is more to fetch without asking: under a backlog a
     /// partition whose queue runs dry is not asked at all. Kept for `RECHECK_HIGH` only, so
@@ -385,20 +389,37 @@ impl Queue {
 /// ahead of its message is parked (spec rule 8).
 pub const RECHECK_CAUGHT_UP: Duration = Duration::from_millis(100);
 
+/// The longest a partition found caught up again and again is taken to stay so. A partition
+/// with nothing new for a while is most likely idle: under a backlog the 1,000 room topics
+/// run dry one by one and stay so, and asking about each of them every 100 ms was 3.3% of the
+/// processing thread (BENCHMARKS.md, 5 December, a ninth session). A record polled from it
+/// brings it back to [`RECHECK_CAUGHT_UP`].
+pub const RECHECK_IDLE: Duration = Duration::from_secs(1);
+
 /// How long a partition's last known high watermark is trusted (see `Part::high`).
 pub const RECHECK_HIGH: Duration = Duration::from_secs(1);
 
 impl Part {
     fn new(key: Key, next: Option<i64>) -> Part {
-        Part { key, queue: Queue::default(), next, more: None, high: None, polled: false, taken: None }
+        Part {
+            key,
+            queue: Queue::default(),
+            next,
+            more: None,
+            recheck: RECHECK_CAUGHT_UP,
+            high: None,
+            polled: false,
+            taken: None,
+        }
     }
 
     fn has_more(&mut self, backlog: &dyn Backlog, now: Instant) -> Option<bool> {
         match self.more {
             Some((true, _)) => return Some(true),
-            Some((false, at)) if now.duration_since(at) < RECHECK_CAUGHT_UP => return Some(false),
+            Some((false, at)) if now.duration_since(at) < self.recheck => return Some(false),
             _ => {}
         }
+        let was_caught_up = matches!(self.more, Some((false, _)));
         let answer = match (self.next, self.high) {
             (Some(next), Some((high, at))) if next < high && now.duration_since(at) < RECHECK_HIGH => Some(true),
             _ => backlog.watermarks(&self.key.0, self.key.1).map(|(low, high)| {
@@ -407,6 +428,10 @@ impl Part {
             }),
         };
         self.more = answer.map(|more| (more, now));
+        self.recheck = match answer {
+            Some(false) if was_caught_up => (self.recheck * 2).min(RECHECK_IDLE),
+            _ => RECHECK_CAUGHT_UP,
+        };
         answer
     }
 }
@@ -975,6 +1000,37 @@ mod tests {
         std::thread::sleep(RECHECK_CAUGHT_UP + Duration::from_millis(5));
         route_one(&mut b);
         assert_eq!(caught_up.0.get(), 5, "then asked again");
+    }
+
+    #[test]
+    fn a_partition_found_caught_up_again_and_again_is_asked_less_often_until_it_has_records() {
+        let mut b = room_and_reads();
+        let caught_up = Counting(Default::default(), 0);
+        let mut next = 0;
+        // A read routed each round (and what else is buffered): the reads partition runs dry
+        // and is asked every round.
+        let mut round = |b: &mut InputBuffer, after: Duration| {
+            std::thread::sleep(after);
+            b.push(record("reads", 0, next, next));
+            next += 1;
+            assert!(!drain(b, &caught_up, Duration::from_secs(10)).0.is_empty());
+            caught_up.0.get()
+        };
+        let step = RECHECK_CAUGHT_UP + Duration::from_millis(5);
+        assert_eq!(round(&mut b, Duration::ZERO), 2, "both asked");
+        assert_eq!(round(&mut b, step), 4, "the room again after 100 ms: still caught up");
+        assert_eq!(round(&mut b, step), 5, "so kept for 200 ms now");
+        assert_eq!(round(&mut b, step), 7, "asked at 210 ms, caught up a third time");
+        assert_eq!(round(&mut b, step), 8, "kept for 400 ms now");
+        b.push(record("room", 0, 0, 0));
+        assert_eq!(round(&mut b, Duration::ZERO), 10, "a record from the room: it ran dry, asked");
+        assert_eq!(round(&mut b, step), 12, "and back to 100 ms");
+        let before = caught_up.0.get();
+        for _ in 0..20 {
+            round(&mut b, step);
+        }
+        let room = caught_up.0.get() - before - 20;
+        assert!(room <= 5, "at most once a second at length: the room asked {room} times in 2.1 s");
     }
 
     #[test]
