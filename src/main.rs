@@ -475,3 +475,27 @@ fn run_replay<S: allread::store::KvStore>(
     }
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+
+    extern "C" {
+        fn malloc(size: usize) -> *mut c_void;
+        fn free(p: *mut c_void);
+        fn mi_is_in_heap_region(p: *const c_void) -> bool;
+    }
+
+    /// librdkafka and RocksDB call `malloc` as C does: with mimalloc's `override` feature that
+    /// is mimalloc's, not glibc's (Cargo.toml says why).
+    #[test]
+    fn c_code_allocates_from_mimalloc_too() {
+        // SAFETY: a plain allocation, checked and freed by the allocator that made it.
+        unsafe {
+            let p = malloc(200);
+            assert!(!p.is_null());
+            assert!(mi_is_in_heap_region(p), "malloc is glibc's: the mimalloc crate lost its `override` feature");
+            free(p);
+        }
+    }
+}
