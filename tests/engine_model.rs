@@ -5,7 +5,10 @@
 //! as the engine; emissions must be identical, in identical order, and so must the
 //! outcome counts. The engine runs on RocksDB (closed and reopened at random points, with a
 //! tiny cache to force evictions) and on the in-memory store; both must also end with the
-//! same stored bytes.
+//! same stored bytes. Commits are sometimes split: the batch is prepared, events go on being
+//! applied, and the batch is written only at the next commit point, as a commit that waits
+//! for its changelog records (or its transaction) lets the processor go on; the same actions
+//! with every commit whole must end with the same stored bytes.
 
 mod common;
 
@@ -27,6 +30,10 @@ enum Action {
     Replay(usize),
     Tick(Millis),
     Commit,
+    /// Prepare a commit's batch (writing the one prepared before, if any) and go on applying
+    /// events; the batch is written at the next commit point (`Prepare`, `Tick`, `Commit`,
+    /// `Reopen` or the end).
+    Prepare,
     /// Commit, close the store, open it again (RocksDB only).
     Reopen,
 }
@@ -56,6 +63,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0..40usize).prop_map(Action::Replay),
         3 => (0..120i64).prop_map(Action::Tick),
         2 => Just(Action::Commit),
+        2 => Just(Action::Prepare),
         1 => Just(Action::Reopen),
     ]
 }
@@ -102,6 +110,12 @@ fn run_engine<S: KvStore>(
     let mut emitted = Vec::new();
     let mut outcomes = Outcomes::default();
     let mut carried = Outcomes::default(); // counts of engines closed earlier
+                                           // Writes the batch prepared, if there is one.
+    let write_prepared = |engine: &mut Engine<S>| {
+        if engine.has_prepared() {
+            engine.write_prepared(Vec::new()).unwrap();
+        }
+    };
     for action in actions {
         let events: Vec<Event> = match action {
             Action::Event(e) => {
@@ -111,14 +125,22 @@ fn run_engine<S: KvStore>(
             Action::Replay(n) => history[..(*n).min(history.len())].to_vec(),
             Action::Tick(dt) => {
                 now += dt;
+                write_prepared(&mut engine);
                 engine.tick(now).unwrap();
                 vec![]
             }
             Action::Commit => {
+                write_prepared(&mut engine);
                 engine.commit(Vec::new()).unwrap();
                 vec![]
             }
+            Action::Prepare => {
+                write_prepared(&mut engine);
+                drop(engine.prepare_commit(Vec::new()).unwrap());
+                vec![]
+            }
             Action::Reopen => {
+                write_prepared(&mut engine);
                 engine.commit(Vec::new()).unwrap();
                 carried = add(&carried, engine.outcomes());
                 engine = reopen(engine);
@@ -131,6 +153,7 @@ fn run_engine<S: KvStore>(
         }
         outcomes = add(&carried, engine.outcomes());
     }
+    write_prepared(&mut engine);
     engine.commit(Vec::new()).unwrap();
     engine.wait_written().unwrap();
     Run { emitted, outcomes, stored: dump(engine.store()) }
@@ -158,7 +181,7 @@ fn run_model(actions: &[Action], config: &EngineConfig) -> (Vec<ReceiptComplete>
                 model.tick(now);
                 vec![]
             }
-            Action::Commit | Action::Reopen => vec![],
+            Action::Commit | Action::Prepare | Action::Reopen => vec![],
         };
         for e in &events {
             model.apply(e, now);
@@ -182,6 +205,14 @@ proptest! {
         });
         prop_assert_eq!(&memory.emitted, &expected);
         prop_assert_eq!(memory.outcomes, expected_counts);
+        // Every commit whole, at the same points: the same state in the end.
+        let whole: Vec<Action> =
+            actions.iter().map(|a| if matches!(a, Action::Prepare) { Action::Commit } else { a.clone() }).collect();
+        let whole = run_engine(&whole, Engine::new(MemoryStore::new(), config.clone()), &mut |e| {
+            let c = e.config().clone();
+            Engine::new(e.into_store(), c)
+        });
+        prop_assert_eq!(&whole.stored, &memory.stored);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");

@@ -7,8 +7,9 @@
 //! under one storage access.
 //!
 //! Markers of finished messages and the expiry index are not per-room in-memory state: they
-//! are read from the store on demand, through `side` (writes not yet committed) and the
-//! commit the store may still be writing (`in_flight`, see [`Engine::write_prepared`]).
+//! are read from the store on demand, through `side` (writes not yet committed), the batch
+//! of a commit prepared and not written yet (`prepared`, see [`Engine::prepare_commit`]) and
+//! the commit the store may still be writing (`in_flight`, see [`Engine::write_prepared`]).
 
 use super::{HashMap, HashSet};
 use std::ops::{Range, RangeInclusive};
@@ -51,17 +52,18 @@ pub(super) struct SideWrites {
 }
 
 impl SideWrites {
-    /// `key` as the engine sees it: these writes, then the commit in flight, then the store.
+    /// `key` as the engine sees it: these writes, then the commits not in the store yet
+    /// (`behind`), then the store.
     pub(super) fn get(
         &self,
-        in_flight: Option<&InFlight>,
+        behind: Behind<'_>,
         store: &dyn KvStore,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
         }
-        if let Some(v) = in_flight.and_then(|f| f.get(key)) {
+        if let Some(v) = behind.get(key) {
             return Ok(v.clone());
         }
         store.get(key)
@@ -111,10 +113,25 @@ impl InFlight {
     }
 }
 
+/// The commits the store does not hold yet, newest first: the one prepared (and not written)
+/// and the one the store may still be writing.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Behind<'a> {
+    pub(super) prepared: Option<&'a InFlight>,
+    pub(super) in_flight: Option<&'a InFlight>,
+}
+
+impl Behind<'_> {
+    /// The newest of their writes of `key` (`Some(None)`: a delete), if they have one.
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.prepared.and_then(|f| f.get(key)).or_else(|| self.in_flight.and_then(|f| f.get(key)))
+    }
+}
+
 /// Everything the rules touch besides the room itself.
 struct Ctx<'a> {
     store: &'a dyn KvStore,
-    in_flight: Option<&'a InFlight>,
+    behind: Behind<'a>,
     side: &'a mut SideWrites,
     config: &'a EngineConfig,
     outcomes: &'a mut Outcomes,
@@ -133,10 +150,9 @@ pub struct Engine<S> {
     pub(super) side: SideWrites,
     /// The last commit, until the store is known to hold it.
     pub(super) in_flight: Option<InFlight>,
-    /// Where the side writes are in the batch `prepare_commit` returned last, and the rooms
-    /// it writes.
-    prepared_side: Range<usize>,
-    prepared_rooms: HashSet<Id>,
+    /// The batch `prepare_commit` returned, until `write_prepared` writes it: the engine reads
+    /// it as if the store held it, and goes on applying events meanwhile.
+    pub(super) prepared: Option<InFlight>,
     emitted: Vec<ReceiptComplete>,
     outcomes: Outcomes,
     poisoned: bool,
@@ -157,8 +173,7 @@ impl<S: KvStore> Engine<S> {
             dirty_rooms: Vec::new(),
             side: SideWrites::default(),
             in_flight: None,
-            prepared_side: 0..0,
-            prepared_rooms: HashSet::default(),
+            prepared: None,
             emitted: Vec::new(),
             outcomes: Outcomes::default(),
             poisoned: false,
@@ -200,6 +215,11 @@ impl<S: KvStore> Engine<S> {
         }
         Ok(())
     }
+    /// The commits the store does not hold yet.
+    pub(super) fn behind(&self) -> Behind<'_> {
+        Behind { prepared: self.prepared.as_ref(), in_flight: self.in_flight.as_ref() }
+    }
+
     /// Lets go of the commit in flight once the store has written it: from then on, lookups
     /// go straight to the store.
     fn release_written(&mut self) -> Result<(), EngineError> {
@@ -240,7 +260,7 @@ impl<S: KvStore> Engine<S> {
         let room = self.rooms.get_mut(&room_id).expect("loaded above");
         let mut ctx = Ctx {
             store: &self.store,
-            in_flight: self.in_flight.as_ref(),
+            behind: Behind { prepared: self.prepared.as_ref(), in_flight: self.in_flight.as_ref() },
             side: &mut self.side,
             config: &self.config,
             outcomes: &mut self.outcomes,
@@ -264,9 +284,14 @@ impl<S: KvStore> Engine<S> {
 
     /// Expires what is due at `now`: parked reads, pending messages, markers (rules 8, 10).
     /// Returns how many index entries it handled; at most [`EXPIRY_BATCH`].
+    /// While a commit's batch is prepared and not written, does nothing (returns 0): the
+    /// next tick after the write catches up.
     pub fn tick(&mut self, now: Millis) -> Result<usize, EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
+        }
+        if self.prepared.is_some() {
+            return Ok(0);
         }
         self.release_written()?;
         let due = self.due_expiries(now)?;
@@ -277,7 +302,7 @@ impl<S: KvStore> Engine<S> {
                 persist::EXPIRE_MARKER => {
                     let message_id = String::from_utf8_lossy(&id);
                     let mkey = persist::marker_key(&room_id, &message_id);
-                    if let Some(bytes) = self.side.get(self.in_flight.as_ref(), &self.store, &mkey)? {
+                    if let Some(bytes) = self.side.get(self.behind(), &self.store, &mkey)? {
                         let marker: MarkerV1 = persist::decode(&mkey, &bytes)?;
                         if marker.expire_at == at {
                             self.side.delete(mkey, true);
@@ -297,7 +322,7 @@ impl<S: KvStore> Engine<S> {
                     }
                     let mut ctx = Ctx {
                         store: &self.store,
-                        in_flight: self.in_flight.as_ref(),
+                        behind: Behind { prepared: self.prepared.as_ref(), in_flight: self.in_flight.as_ref() },
                         side: &mut self.side,
                         config: &self.config,
                         outcomes: &mut self.outcomes,
@@ -319,7 +344,7 @@ impl<S: KvStore> Engine<S> {
     }
 
     /// Expiry index keys due at `now`, in key order: those in the store, in the commit in
-    /// flight and uncommitted, each as the newest of the three has it.
+    /// flight, in the one prepared and uncommitted, each as the newest of them has it.
     fn due_expiries(&self, now: Millis) -> Result<Vec<Vec<u8>>, StoreError> {
         let lower = [persist::TAG_EXPIRY];
         let upper = persist::expiry_upper_bound(now);
@@ -328,8 +353,11 @@ impl<S: KvStore> Engine<S> {
             keys.push(k.to_vec());
             keys.len() < EXPIRY_BATCH
         })?;
-        let behind = self.in_flight.as_ref().map_or(&[][..], |f| f.range(&lower, &upper));
-        keys.extend(behind.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()));
+        let behind = self.behind();
+        for layer in [behind.prepared, behind.in_flight].into_iter().flatten() {
+            let range = layer.range(&lower, &upper);
+            keys.extend(range.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()));
+        }
         for (k, v) in &self.side.writes {
             if v.is_some() && k.as_slice() >= &lower[..] && k.as_slice() < &upper[..] {
                 keys.push(k.clone());
@@ -340,10 +368,7 @@ impl<S: KvStore> Engine<S> {
         // A key only the store has is there; the others are as their newest write says.
         keys.retain(|k| match self.side.writes.get(k) {
             Some(v) => v.is_some(),
-            None => match behind.binary_search_by(|(b, _)| b.cmp(k)) {
-                Ok(i) => behind[i].1.is_some(),
-                Err(_) => true,
-            },
+            None => behind.get(k).is_none_or(Option::is_some),
         });
         keys.truncate(EXPIRY_BATCH);
         Ok(keys)
@@ -354,20 +379,27 @@ impl<S: KvStore> Engine<S> {
     /// changelog). If the write fails the engine is poisoned: drop it and build a new one on
     /// the store.
     pub fn commit(&mut self, extra: Vec<Write>) -> Result<Arc<WriteBatch>, EngineError> {
-        let batch = self.prepare_commit(extra)?;
-        self.write_prepared(batch)
+        drop(self.prepare_commit(extra)?);
+        self.write_prepared(Vec::new())
     }
 
     /// The first half of [`Engine::commit`]: every uncommitted change as one batch (plus
-    /// `extra`), not written yet. The engine now reads as if the batch were in the store, so
-    /// the caller must either [`Engine::write_prepared`] it before applying more events, or
-    /// drop the engine (e.g. when the transaction that carries the batch aborts).
-    pub fn prepare_commit(&mut self, extra: Vec<Write>) -> Result<WriteBatch, EngineError> {
+    /// `extra`), not written yet, for the caller to send to the changelog. The engine reads
+    /// the batch as if the store held it, and may go on applying events: their changes go to
+    /// the next commit. Until [`Engine::write_prepared`] writes it, it neither expires
+    /// anything ([`Engine::tick`] does nothing) nor prepares another batch. If the batch is
+    /// never to be written (the transaction that carries it aborted), drop the engine and
+    /// build a new one on the store.
+    ///
+    /// # Panics
+    /// If a batch is prepared already.
+    pub fn prepare_commit(&mut self, extra: Vec<Write>) -> Result<Arc<WriteBatch>, EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
+        assert!(self.prepared.is_none(), "a commit's batch is prepared already: write it first");
         let mut batch = WriteBatch::new();
-        self.prepared_rooms.clear();
+        let mut rooms = HashSet::default();
         for room_id in std::mem::take(&mut self.dirty_rooms) {
             if let Some(room) = self.rooms.get_mut(&room_id) {
                 room.listed_dirty = false;
@@ -375,40 +407,54 @@ impl<S: KvStore> Engine<S> {
                 let weight = room.entries();
                 self.cached_entries = self.cached_entries + weight - room.weight;
                 room.weight = weight;
-                self.prepared_rooms.insert(room_id);
+                rooms.insert(room_id);
             }
         }
         let start = batch.writes.len();
         batch.writes.extend(std::mem::take(&mut self.side.writes));
         // In key order, as RocksDB inserts a sorted batch fastest, for a repeatable changelog,
-        // and so that the commit in flight is searchable (`InFlight`).
+        // and so that the commit prepared or in flight is searchable (`InFlight`).
         batch.writes[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.prepared_side = start..batch.writes.len();
+        let side = start..batch.writes.len();
         batch.writes.extend(extra);
-        // Until the batch is written, the store is behind what the engine has handed out.
-        self.poisoned = true;
+        let batch = Arc::new(batch);
+        self.prepared = Some(InFlight { batch: batch.clone(), side, rooms });
         Ok(batch)
     }
 
-    /// The second half of [`Engine::commit`]: begins writing a batch from
-    /// [`Engine::prepare_commit`] atomically (the caller may have added writes of its own at
-    /// its end), after the commit before it, and returns it.
+    /// Whether a batch is prepared and not written yet.
+    pub fn has_prepared(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// The second half of [`Engine::commit`]: begins writing the batch [`Engine::prepare_commit`]
+    /// returned, with `extra` at its end (such as the changelog offset it reached), atomically,
+    /// after the commit before it, and returns it. The caller should have dropped its copy of
+    /// the batch by now (else it is copied here to add `extra`).
     ///
     /// A store that writes in the background may still be writing it when this returns. The
     /// engine goes on at once: it reads the batch's markers and expiry entries from its own
     /// copy, and waits for the write before anything that reads more of the store (loading a
     /// room whose keys it writes, evicted since) and before the next commit's write. A failed
     /// write shows in [`Engine::wait_written`] or in whichever later call waited for it, and
-    /// poisons the engine. If starting the write fails the engine stays poisoned.
-    pub fn write_prepared(&mut self, batch: WriteBatch) -> Result<Arc<WriteBatch>, EngineError> {
+    /// poisons the engine. If starting the write fails the engine is poisoned.
+    ///
+    /// # Panics
+    /// If no batch is prepared.
+    pub fn write_prepared(&mut self, extra: Vec<Write>) -> Result<Arc<WriteBatch>, EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
         self.wait_written()?;
-        let batch = Arc::new(batch);
+        let InFlight { mut batch, side, rooms } =
+            self.prepared.take().expect("write_prepared without a prepared batch");
+        if !extra.is_empty() {
+            Arc::make_mut(&mut batch).writes.extend(extra);
+        }
+        // Until the write has begun, the store is behind what the engine has handed out.
+        self.poisoned = true;
         self.store.start_write(batch.clone())?;
-        self.in_flight = Some(InFlight {
-            batch: batch.clone(),
-            side: std::mem::take(&mut self.prepared_side),
-            rooms: std::mem::take(&mut self.prepared_rooms),
-        });
+        self.in_flight = Some(InFlight { batch: batch.clone(), side, rooms });
         self.poisoned = false;
         self.evict();
         Ok(batch)
@@ -416,14 +462,15 @@ impl<S: KvStore> Engine<S> {
 
     /// Evicts least recently used rooms once the cache is past its budget, down to 90% of
     /// it, so that the O(rooms) search for victims runs once per tenth of the cache's
-    /// turnover rather than on every commit. Only called right after a commit, when every
-    /// room is clean.
+    /// turnover rather than on every commit. Only called right after a commit; rooms changed
+    /// since it was prepared stay.
     fn evict(&mut self) {
         if self.cached_entries <= self.config.cache_entries {
             return;
         }
         let target = self.config.cache_entries / 10 * 9;
-        let mut by_age: Vec<(u64, Id)> = self.rooms.values().map(|r| (r.last_used, r.id.clone())).collect();
+        let mut by_age: Vec<(u64, Id)> =
+            self.rooms.values().filter(|r| !r.listed_dirty).map(|r| (r.last_used, r.id.clone())).collect();
         by_age.sort_unstable_by_key(|(last_used, _)| *last_used);
         for (_, room_id) in by_age {
             if self.cached_entries <= target {
@@ -456,7 +503,7 @@ impl<S: KvStore> Engine<S> {
 
 fn marker(ctx: &Ctx, room: &str, message_id: &str) -> Result<Option<MarkerV1>, StoreError> {
     let key = persist::marker_key(room, message_id);
-    match ctx.side.get(ctx.in_flight, ctx.store, &key)? {
+    match ctx.side.get(ctx.behind, ctx.store, &key)? {
         Some(bytes) => Ok(Some(persist::decode(&key, &bytes)?)),
         None => Ok(None),
     }
@@ -799,7 +846,7 @@ mod tests {
         engine.commit(Vec::new()).unwrap();
         let marker = persist::marker_key("r", "m1");
         assert!(engine.store().get(&marker).unwrap().is_none(), "the marker is in flight only");
-        assert!(engine.side.get(engine.in_flight.as_ref(), &engine.store, &marker).unwrap().is_some());
+        assert!(engine.side.get(engine.behind(), &engine.store, &marker).unwrap().is_some());
         assert_eq!(pending_entry(&engine), 0, "the stored entry is deleted by the commit in flight");
 
         // The same message again is a duplicate: its marker is found in flight.

@@ -134,7 +134,7 @@ impl<S: KvStore> Engine<S> {
             }));
         }
         let key = persist::marker_key(room_id, message_id);
-        let Some(bytes) = self.side.get(self.in_flight.as_ref(), &self.store, &key)? else {
+        let Some(bytes) = self.side.get(self.behind(), &self.store, &key)? else {
             return Ok(None);
         };
         let m: MarkerV1 = persist::decode(&key, &bytes)?;

@@ -22,7 +22,10 @@
 //! Under `exactly_once`, (2) and (3) are broker round trips (about 15 ms a commit in a backlog
 //! run, BENCHMARKS.md), so they run on a thread of their own (`CommitInFlight`): meanwhile the
 //! loop polls and decodes input into the router, and routes, applies and produces nothing,
-//! since the tasks hold the commit's prepared changes and the next transaction has not begun.
+//! since the next transaction has not begun. (The engines could go on applying events with a
+//! batch prepared, `Engine::prepare_commit`; what they produce would have to wait for the
+//! next transaction, and under `at_least_once` the wait in (2) would have to count only the
+//! records sent before it. Neither is built.)
 //! The first thing that needs the tasks or the producer (routing, the next commit, a tick, a
 //! rebalance, a query) completes the commit first (`settle_commit`), with (4).
 //!
@@ -63,7 +66,6 @@ use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_
 use crate::metrics::Metrics;
 use crate::receipts::{Event, Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
-use crate::store::WriteBatch;
 
 pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
 type Producer_ = ThreadedProducer<DeliveryContext>;
@@ -76,8 +78,8 @@ type HeldPositions = HashMap<Arc<str>, HashMap<i32, i64>>;
 struct CommitInFlight {
     /// Offsets into the transaction, its commit, and the next transaction's begin.
     transaction: std::thread::JoinHandle<Result<(), RuntimeError>>,
-    /// Each task's changes in the transaction, written locally once it commits.
-    prepared: Vec<(i32, WriteBatch)>,
+    /// The tasks whose prepared changes are in the transaction, written locally once it commits.
+    prepared: Vec<i32>,
     held: HeldPositions,
     /// Repartition offsets the transaction commits.
     tasks_committed: Vec<(i32, i64)>,
@@ -836,7 +838,7 @@ impl Processor {
                 crate::kafka::send_batch(&self.producer, &self.changelog, partition, &batch.writes)?;
                 self.sent += batch.len() as u64;
                 self.metrics.changelog_records.inc_by(batch.len() as u64);
-                prepared.push((partition, batch));
+                prepared.push(partition);
             }
         }
         let routed = self.routed.values().map(|p| p.len()).sum::<usize>();
@@ -893,16 +895,16 @@ impl Processor {
 
     /// After the commit's records are acknowledged (and, under `exactly_once`, committed): (4)
     /// each task's batch to its local store, with the changelog offset it now reflects.
-    fn write_local(&mut self, prepared: Vec<(i32, WriteBatch)>) -> Result<(), RuntimeError> {
+    fn write_local(&mut self, prepared: Vec<i32>) -> Result<(), RuntimeError> {
         if let Some((n, first)) = self.producer.context().take_failures() {
             return Err(RuntimeError::Delivery { failed: n, first });
         }
         self.sent = 0;
         let changelog_next = self.producer.context().take_changelog_next();
-        for (partition, batch) in prepared {
+        for partition in prepared {
             let _task = info_span!("task", task = partition).entered();
             let task = self.tasks.get_mut(&partition).expect("prepared tasks are held");
-            task.finish_commit(batch, changelog_next.get(&partition).copied())
+            task.finish_commit(changelog_next.get(&partition).copied())
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
         }
         Ok(())

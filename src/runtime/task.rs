@@ -59,7 +59,10 @@ pub struct Task {
     /// with a fast hasher).
     sources: HashMap<Arc<str>, TopicPositions>,
     dirty_sources: Vec<(Arc<str>, i32)>,
+    /// Whether anything changed since the last batch was prepared.
     uncommitted: bool,
+    /// `next_offset` as of the batch prepared and not written yet, if there is one.
+    prepared_offset: Option<Option<i64>>,
     /// Outcome counts of engines this task replaced (rewinds), so totals survive them.
     carried: Outcomes,
     pub skipped_duplicates: u64,
@@ -150,6 +153,7 @@ impl Task {
             sources,
             dirty_sources: Vec::new(),
             uncommitted: false,
+            prepared_offset: None,
             carried: Outcomes::default(),
             skipped_duplicates: 0,
         })
@@ -227,9 +231,10 @@ impl Task {
     }
 
     /// The changes since the last commit, with the next offset and the source positions, as
-    /// one batch for the changelog; `None` if there are none. Must be followed by
-    /// [`Task::finish_commit`] with the batch, or by [`Task::rewind`].
-    pub fn prepare_commit(&mut self) -> Result<Option<WriteBatch>, EngineError> {
+    /// one batch for the changelog; `None` if there are none. The task may go on applying
+    /// records (their changes go to the next commit), but must be followed by
+    /// [`Task::finish_commit`], or by [`Task::rewind`], before it prepares again.
+    pub fn prepare_commit(&mut self) -> Result<Option<Arc<WriteBatch>>, EngineError> {
         if self.restoring || (!self.uncommitted && !self.engine.has_uncommitted()) {
             return Ok(None);
         }
@@ -243,30 +248,30 @@ impl Task {
             entry.1 = false;
             extra.push((source_key(&topic, partition), Some(entry.0.to_be_bytes().to_vec())));
         }
-        Ok(Some(self.engine.prepare_commit(extra)?))
+        let batch = self.engine.prepare_commit(extra)?;
+        self.prepared_offset = Some(self.next_offset);
+        self.uncommitted = false;
+        Ok(Some(batch))
     }
 
     /// Writes a prepared batch locally, once its changelog records are committed, with the
     /// changelog offset that follows them, in one atomic write. The store may go on writing
     /// it in the background (see `Engine::write_prepared`): the task reads it as committed at
     /// once, and its local state is only ever that of a whole commit.
-    pub fn finish_commit(&mut self, mut batch: WriteBatch, changelog_next: Option<i64>) -> Result<(), EngineError> {
-        if let Some(c) = changelog_next {
-            batch.put(KEY_CHANGELOG.to_vec(), c.to_be_bytes().to_vec());
-        }
-        self.engine.write_prepared(batch)?;
+    pub fn finish_commit(&mut self, changelog_next: Option<i64>) -> Result<(), EngineError> {
+        let extra = changelog_next.map(|c| (KEY_CHANGELOG.to_vec(), Some(c.to_be_bytes().to_vec())));
+        self.engine.write_prepared(extra.into_iter().collect())?;
         if changelog_next.is_some() {
             self.changelog_offset = changelog_next;
         }
-        self.committed_offset = self.next_offset;
-        self.uncommitted = false;
+        self.committed_offset = self.prepared_offset.take().expect("a prepared batch has its offset");
         Ok(())
     }
 
     /// Prepares and writes at once, without a changelog (tests and tools).
     pub fn commit(&mut self) -> Result<(), EngineError> {
-        if let Some(batch) = self.prepare_commit()? {
-            self.finish_commit(batch, None)?;
+        if self.prepare_commit()?.is_some() {
+            self.finish_commit(None)?;
         }
         Ok(())
     }
