@@ -132,26 +132,39 @@ fn read_committed_consumers_see_committed_transactions_only() {
     assert_eq!(all, vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
 }
 
+/// Collects the delivery opaque of every record reported.
+#[derive(Default)]
+struct Opaques(std::sync::Mutex<Vec<usize>>);
+
+impl rdkafka::ClientContext for Opaques {}
+
+impl rdkafka::producer::ProducerContext for Opaques {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, opaque: usize) {
+        self.0.lock().unwrap().push(opaque);
+    }
+}
+
 #[test]
 fn a_batch_goes_out_whole_in_order_with_its_tombstones_through_a_full_queue_and_in_its_transaction() {
     let bootstrap = common::broker();
     let topic = common::unique("foundation_batch_");
     common::create_topic(&bootstrap, &topic, 2);
     // A queue of 50 records: a batch of 1,000 fills it many times over.
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let p: ThreadedProducer<Opaques> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("transactional.id", common::unique("txn_"))
         .set("queue.buffering.max.messages", "50")
-        .create()
+        .create_with_context(Opaques::default())
         .expect("producer");
     let timeout = Duration::from_secs(30);
     p.init_transactions(timeout).unwrap();
     let batch = |tag: &str| -> Vec<(String, Option<String>)> {
         (0..1000).map(|i| (format!("{tag}{i}"), (i % 7 != 3).then(|| format!("v{i}")))).collect()
     };
-    for (tag, commit) in [("a", false), ("c", true)] {
+    for (tag, commit, opaque) in [("a", false, 7), ("c", true, 9)] {
         p.begin_transaction().unwrap();
-        allread::kafka::send_batch(&p, &topic, 1, &batch(tag)).expect("sent");
+        allread::kafka::send_batch(&p, &topic, 1, &batch(tag), opaque).expect("sent");
         if commit {
             p.commit_transaction(timeout).unwrap();
         } else {
@@ -175,6 +188,11 @@ fn a_batch_goes_out_whole_in_order_with_its_tombstones_through_a_full_queue_and_
     // Only the committed batch, each record once, in order; every seventh a tombstone.
     assert_eq!(got, batch("c"));
     assert!(c.poll(Duration::from_secs(1)).is_none(), "nothing after the batch");
+    // Every record was reported once, with its batch's delivery opaque.
+    p.flush(timeout).unwrap();
+    let mut opaques = p.context().0.lock().unwrap().clone();
+    opaques.sort_unstable();
+    assert_eq!(opaques, [vec![7; 1000], vec![9; 1000]].concat());
 }
 
 #[test]

@@ -47,14 +47,16 @@ where
 /// the producer's queue is full, waits for its thread to drain it, then sends the rest. On any
 /// other error, the records before the one that failed are sent (as with [`send`]), and some
 /// after it may be: the caller abandons the whole batch, as it does after [`send`] fails.
+/// Every record carries `opaque` as its delivery opaque.
 pub fn send_batch<C, K, V>(
     producer: &ThreadedProducer<C>,
     topic: &str,
     partition: i32,
     records: &[(K, Option<V>)],
+    opaque: usize,
 ) -> KafkaResult<()>
 where
-    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+    C: ProducerContext<DeliveryOpaque = usize> + 'static,
     K: AsRef<[u8]>,
     V: AsRef<[u8]>,
 {
@@ -63,12 +65,14 @@ where
     if records.is_empty() {
         return Ok(());
     }
-    let handle = TopicHandle::new(producer, topic)?;
+    let handle = TopicHandle::open(producer, topic)?;
     let mut messages: Vec<rd::rd_kafka_message_t> = records
         .iter()
         .map(|(key, value)| {
             // SAFETY: an all-zero rd_kafka_message_t is valid (null pointers, no error).
             let mut m: rd::rd_kafka_message_t = unsafe { std::mem::zeroed() };
+            // Each record's delivery opaque, as rdkafka reads a `usize` one back.
+            m._private = opaque as *mut std::ffi::c_void;
             let key = key.as_ref();
             m.key = key.as_ptr() as *mut std::ffi::c_void;
             m.key_len = key.len();
@@ -123,6 +127,11 @@ impl<'p> TopicHandle<'p> {
     where
         C: ProducerContext<DeliveryOpaque = ()> + 'static,
     {
+        Self::open(producer, topic)
+    }
+
+    /// A handle of `topic`, for any producer: only for sends that set each record's opaque.
+    fn open<C: ProducerContext + 'static>(producer: &'p ThreadedProducer<C>, topic: &str) -> KafkaResult<Self> {
         use rdkafka::bindings as rd;
         let name =
             std::ffi::CString::new(topic).map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;

@@ -178,8 +178,10 @@ impl Handle {
         };
         let task = partition_for(room.as_bytes(), cfg.topics.partitions);
         let mut p = lock(p);
-        // The tasks may hold a commit whose transaction is being completed: complete it.
-        if let Err(e) = p.settle_commit() {
+        // The tasks may hold a commit whose transaction is being completed: complete it. (An
+        // `at_least_once` commit waiting for acknowledgements need not be: the engines read
+        // through the batch they prepared.)
+        if let Err(e) = p.settle_transaction() {
             p.pending_rewind = Some(e);
             return Err(QueryError::Rewinding);
         }
@@ -359,7 +361,7 @@ fn process_until(
         }
         let mut failed = p.pending_rewind.take();
         if failed.is_none() {
-            failed = p.settle_if_done().err();
+            failed = p.settle_if_done(consumer).err();
         }
         if failed.is_none() && (!batch.is_empty() || p.has_pending()) {
             failed = p.handle_batch(consumer, &mut batch).err();
@@ -371,9 +373,11 @@ fn process_until(
                 Err(e) => failed = Some(e),
             }
         }
-        if failed.is_none() && p.last_tick.elapsed() >= tick_every {
+        // Not while a commit is in flight: a tick completes it first (and the engines expire
+        // nothing while their batch is prepared).
+        if failed.is_none() && p.last_tick.elapsed() >= tick_every && !p.commit_in_flight() {
             p.metrics.fetched_inputs.set(i64::try_from(records.len()).unwrap_or(i64::MAX));
-            failed = p.tick().err();
+            failed = p.tick(consumer).err();
             ticks += 1;
             if ticks.is_multiple_of(5) {
                 p.update_lag(consumer);

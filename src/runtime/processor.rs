@@ -14,18 +14,26 @@
 //!   aborts everything and the local store is at the previous commit; a crash between (3) and
 //!   (4) leaves the local store behind its changelog, which restore replays. Local state is
 //!   never ahead of what was committed, so it never has to be wiped.
-//! - `at_least_once`: (2) wait until every produced record is acknowledged; (3) write the
-//!   local batches; (4) commit the consumer's offsets. A crash between any two steps
-//!   re-processes input, and the source positions make that a no-op for the state; the worst
-//!   case is a receipt emitted twice, never one lost.
+//! - `at_least_once`: (2) wait until every record produced before the commit began is
+//!   acknowledged; (3) write the local batches; (4) commit the consumer's offsets. A crash
+//!   between any two steps re-processes input, and the source positions make that a no-op for
+//!   the state; the worst case is a receipt emitted twice, never one lost.
 //!
 //! Under `exactly_once`, (2) and (3) are broker round trips (about 15 ms a commit in a backlog
 //! run, BENCHMARKS.md), so they run on a thread of their own (`CommitInFlight`): meanwhile the
 //! loop polls and decodes input into the router, and routes, applies and produces nothing,
 //! since the next transaction has not begun. (The engines could go on applying events with a
 //! batch prepared, `Engine::prepare_commit`; what they produce would have to wait for the
-//! next transaction, and under `at_least_once` the wait in (2) would have to count only the
-//! records sent before it. Neither is built.)
+//! next transaction: not built.)
+//!
+//! Under `at_least_once` the loop goes on routing, applying and producing while (2) waits:
+//! the engines read through the batch they prepared, and their new changes go to the next
+//! commit. Every record is sent with the commit epoch as its delivery opaque, and a commit
+//! ends its epoch, so (2) counts only the records sent before it began
+//! (`DeliveryContext::outstanding`); the loop settles the commit, (3) and (4), once they are
+//! all in. A commit that waited for every acknowledgement stopped the loop for 60 ms a second
+//! on average at a quarter of the benchmark's load, and the p99 from read to receipt followed
+//! (BENCHMARKS.md).
 //! The first thing that needs the tasks or the producer (routing, the next commit, a tick, a
 //! rebalance, a query) completes the commit first (`settle_commit`), with (4).
 //!
@@ -73,17 +81,28 @@ type Producer_ = ThreadedProducer<DeliveryContext>;
 /// Input topic -> partition -> offset of the first record held there (see `held_positions`).
 type HeldPositions = HashMap<Arc<str>, HashMap<i32, i64>>;
 
-/// An `exactly_once` commit whose transaction another thread is completing (see the module's
-/// doc), and what remains to do once it has.
+/// A commit that has sent its records and waits for them (see the module's doc), and what
+/// remains to do once they are in.
 struct CommitInFlight {
-    /// Offsets into the transaction, its commit, and the next transaction's begin.
-    transaction: std::thread::JoinHandle<Result<(), RuntimeError>>,
-    /// The tasks whose prepared changes are in the transaction, written locally once it commits.
+    waiting: Waiting,
+    /// The tasks whose prepared changes the commit carries, written locally once it is in.
     prepared: Vec<i32>,
     held: HeldPositions,
-    /// Repartition offsets the transaction commits.
+    /// The input offsets routed up to when the commit began (what it commits, unless held).
+    routed: Vec<(String, i32, i64)>,
+    /// Repartition offsets the commit commits.
     tasks_committed: Vec<(i32, i64)>,
     started: Instant,
+}
+
+/// What a commit in flight waits for.
+enum Waiting {
+    /// `exactly_once`: another thread adds the offsets to the transaction, commits it, and
+    /// begins the next one.
+    Transaction(std::thread::JoinHandle<Result<(), RuntimeError>>),
+    /// `at_least_once`: the acknowledgement of every record sent in `epoch` (up to the
+    /// commit); then the consumer's offsets are committed with `mode`.
+    Acks { epoch: u64, offsets: TopicPartitionList, mode: CommitMode },
 }
 
 /// An input record, decoded, on its way to its task.
@@ -105,13 +124,19 @@ pub struct DeliveryContext {
     failures: AtomicU64,
     first_failure: Mutex<Option<String>>,
     changelog_next: Mutex<HashMap<i32, i64>>,
+    /// Records sent and not reported yet (acknowledged or failed), by the commit epoch they
+    /// were sent in (each record's delivery opaque; see `Processor::epoch`). An epoch with
+    /// none has no entry.
+    outstanding: Mutex<HashMap<u64, i64>>,
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    /// The commit epoch the record was sent in.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
+        self.add_outstanding(epoch as u64, -1);
         match result {
             Ok(msg) => {
                 if msg.topic() == self.repartition {
@@ -145,7 +170,23 @@ impl DeliveryContext {
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             changelog_next: Mutex::new(HashMap::new()),
+            outstanding: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `n` more records of `epoch` sent (negative: reported, or not sent after all).
+    fn add_outstanding(&self, epoch: u64, n: i64) {
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+        let count = outstanding.entry(epoch).or_insert(0);
+        *count += n;
+        if *count == 0 {
+            outstanding.remove(&epoch);
+        }
+    }
+
+    /// Records of `epoch` not reported yet.
+    fn outstanding(&self, epoch: u64) -> i64 {
+        self.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get(&epoch).copied().unwrap_or(0)
     }
 
     /// Failures since the last call, with the first one's description.
@@ -247,9 +288,14 @@ pub struct Processor {
     producer: Arc<Producer_>,
     /// `Some` under `exactly_once`.
     transactional_id: Option<String>,
-    /// Records produced since the last commit (nothing to commit when 0 and no state changed).
+    /// Records produced since the last commit began (nothing to commit when 0 and no state
+    /// changed).
     sent: u64,
-    /// The `exactly_once` commit being completed, if any (see `settle_commit`).
+    /// The commit epoch: every record is sent with it as its delivery opaque, and a commit
+    /// ends it, so that an `at_least_once` commit waits for its own records, not for those
+    /// sent after it began.
+    epoch: u64,
+    /// The commit being completed, if any (see `settle_commit`).
     in_flight: Option<CommitInFlight>,
     rocks: RocksOptions,
     decoder: InputDecoder,
@@ -360,6 +406,7 @@ impl Processor {
             producer,
             transactional_id,
             sent: 0,
+            epoch: 0,
             in_flight: None,
             rocks,
             tasks: BTreeMap::new(),
@@ -393,8 +440,19 @@ impl Processor {
         self.transactional_id.is_some()
     }
 
-    fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RuntimeError> {
-        crate::kafka::send(&self.producer, record)?;
+    /// A record to `topic`, sent in this commit epoch.
+    fn record<'a>(&self, topic: &'a str) -> BaseRecord<'a, [u8], [u8], usize> {
+        BaseRecord::with_opaque_to(topic, self.epoch as usize)
+    }
+
+    /// Sends a record made by [`Processor::record`].
+    fn send(&mut self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), RuntimeError> {
+        let context = self.producer.context();
+        context.add_outstanding(self.epoch, 1);
+        if let Err(e) = crate::kafka::send(&self.producer, record) {
+            context.add_outstanding(self.epoch, -1);
+            return Err(e.into());
+        }
         self.sent += 1;
         Ok(())
     }
@@ -429,7 +487,12 @@ impl Processor {
         if repartitioned.is_empty() && self.committing() {
             return Ok(());
         }
-        self.settle_commit()?;
+        // A commit waiting for acknowledgements does not stop the tasks (module doc).
+        if self.transaction_in_flight() {
+            self.settle_commit(consumer)?;
+        } else {
+            self.settle_if_done(consumer)?;
+        }
         let now = now_ms();
         if !self.shortcut.saturated() {
             let max_idle = Duration::from_millis(self.cfg.processing.max_task_idle_ms);
@@ -553,7 +616,7 @@ impl Processor {
             };
             let value = envelope::encode(&source, &b.event);
             let mut record =
-                BaseRecord::to(&repartition).partition(partition).key(b.event.room_id().as_bytes()).payload(&value[..]);
+                self.record(&repartition).partition(partition).key(b.event.room_id().as_bytes()).payload(&value[..]);
             if let Some(ts) = b.timestamp {
                 record = record.timestamp(ts);
             }
@@ -659,7 +722,8 @@ impl Processor {
             self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
             self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
             let value = encode_receipt(r);
-            self.send(BaseRecord::to(&output).key(r.room_id.as_bytes()).payload(&value[..]))?;
+            let record = self.record(&output).key(r.room_id.as_bytes()).payload(&value[..]);
+            self.send(record)?;
             if let Some(f) = self.on_receipt.as_mut() {
                 f(r);
             }
@@ -697,7 +761,7 @@ impl Processor {
             headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
         }
         let dlq = self.dlq.clone();
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
+        let mut record = self.record(&dlq).headers(headers);
         if let Some(key) = raw.key() {
             record = record.key(key);
         }
@@ -744,8 +808,8 @@ impl Processor {
         }
     }
 
-    pub fn tick(&mut self) -> Result<(), RuntimeError> {
-        self.settle_commit()?;
+    pub fn tick(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
+        self.settle_commit(consumer)?;
         let now = now_ms();
         for (partition, task) in self.tasks.iter_mut().filter(|(_, t)| !t.restoring) {
             task.tick(now).map_err(|source| RuntimeError::Engine { partition: *partition, source })?;
@@ -759,14 +823,15 @@ impl Processor {
     /// once all of it is done.
     pub fn commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
         self.start_commit(consumer, mode)?;
-        self.settle_commit()
+        self.settle_commit(consumer)
     }
 
-    /// Begins a commit, after completing the one before it. Under `exactly_once` it returns
-    /// once the transaction's records are sent: another thread completes the transaction, and
-    /// [`Processor::settle_commit`] the rest. Under `at_least_once` it returns when done.
+    /// Begins a commit, after completing the one before it, and returns once its records are
+    /// sent: under `exactly_once` another thread completes the transaction, under
+    /// `at_least_once` the records are acknowledged meanwhile, and [`Processor::settle_commit`]
+    /// (or [`Processor::settle_if_done`]) does the rest.
     pub fn start_commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
-        self.settle_commit()?;
+        self.settle_commit(consumer)?;
         let started = Instant::now();
         match self.commit_inner(consumer, mode, started) {
             Ok(true) => {
@@ -783,24 +848,84 @@ impl Processor {
 
     /// Whether an `exactly_once` commit's transaction is still being completed.
     pub fn committing(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|c| !c.transaction.is_finished())
+        self.in_flight.as_ref().is_some_and(|c| matches!(&c.waiting, Waiting::Transaction(t) if !t.is_finished()))
     }
 
-    /// Completes the commit in flight, if any: waits for its transaction to commit, then writes
-    /// the tasks' changes locally. Everything that touches the tasks or the producer calls this
-    /// first. An error means the commit did not complete (the transaction failed, or a local
-    /// write could not begin): the caller rewinds.
-    pub fn settle_commit(&mut self) -> Result<(), RuntimeError> {
+    /// Whether an `exactly_once` commit is in flight (its transaction complete or not).
+    fn transaction_in_flight(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|c| matches!(c.waiting, Waiting::Transaction(_)))
+    }
+
+    /// Whether a commit is in flight, of either guarantee.
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether the commit in flight has what it waits for.
+    fn commit_done(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|c| match &c.waiting {
+            Waiting::Transaction(t) => t.is_finished(),
+            Waiting::Acks { epoch, .. } => self.producer.context().outstanding(*epoch) <= 0,
+        })
+    }
+
+    /// Completes the commit in flight, if any: waits for its transaction to commit (or for
+    /// its records' acknowledgements), then writes the tasks' changes locally (and commits
+    /// the consumer's offsets). Everything that needs the last commit complete calls this
+    /// first. An error means the commit did not complete (the transaction failed, a record
+    /// was not acknowledged, or a local write could not begin): the caller rewinds.
+    pub fn settle_commit(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
+        self.settle(Some(consumer))
+    }
+
+    /// [`Processor::settle_commit`] of an `exactly_once` commit in flight, if there is one
+    /// (for callers without the consumer).
+    pub fn settle_transaction(&mut self) -> Result<(), RuntimeError> {
+        if self.transaction_in_flight() {
+            self.settle(None)?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, consumer: Option<&Consumer_>) -> Result<(), RuntimeError> {
         let Some(c) = self.in_flight.take() else {
             return Ok(());
         };
-        let transaction = c.transaction.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let result = transaction.and_then(|()| {
-            self.metrics.transactions.with_label_values(&["committed"]).inc();
-            self.write_local(c.prepared)?;
-            self.offsets_committed(&c.held, c.tasks_committed);
-            Ok(())
-        });
+        let result = match c.waiting {
+            Waiting::Transaction(transaction) => {
+                let transaction = transaction.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                transaction.and_then(|()| {
+                    self.metrics.transactions.with_label_values(&["committed"]).inc();
+                    self.write_local(c.prepared)?;
+                    self.offsets_committed(&c.held, &c.routed, c.tasks_committed);
+                    Ok(())
+                })
+            }
+            Waiting::Acks { epoch, offsets, mode } => {
+                // Usually long done: a commit waits a commit interval before it is settled.
+                while self.producer.context().outstanding(epoch) > 0 {
+                    crate::kafka::flush(&self.producer, Duration::from_millis(100)).ok();
+                    if c.started.elapsed() > Duration::from_secs(60) {
+                        return Err(RuntimeError::Produce(rdkafka::error::KafkaError::Flush(
+                            rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                        )));
+                    }
+                }
+                self.write_local(c.prepared).map(|()| {
+                    if offsets.count() > 0 {
+                        // A failed offset commit loses nothing: tasks resume from their own
+                        // state and skip what they have applied. Warn; the next commit
+                        // carries it.
+                        let consumer = consumer.expect("an at_least_once commit is settled with the consumer");
+                        if let Err(e) = consumer.commit(&offsets, mode) {
+                            warn!(error = %e, "committing consumer offsets failed; retrying at the next commit");
+                            return;
+                        }
+                    }
+                    self.offsets_committed(&c.held, &c.routed, c.tasks_committed);
+                })
+            }
+        };
         match &result {
             Ok(()) => self.committed(c.started),
             Err(_) => self.metrics.commit_failures.inc(),
@@ -808,10 +933,11 @@ impl Processor {
         result
     }
 
-    /// [`Processor::settle_commit`] if the commit's transaction is complete, without waiting.
-    pub fn settle_if_done(&mut self) -> Result<(), RuntimeError> {
-        if self.in_flight.as_ref().is_some_and(|c| c.transaction.is_finished()) {
-            self.settle_commit()?;
+    /// [`Processor::settle_commit`] if the commit in flight has what it waits for, without
+    /// waiting.
+    pub fn settle_if_done(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
+        if self.commit_done() {
+            self.settle_commit(consumer)?;
         }
         Ok(())
     }
@@ -835,7 +961,19 @@ impl Processor {
             let _task = info_span!("task", task = partition).entered();
             let batch = task.prepare_commit().map_err(|source| RuntimeError::Engine { partition, source })?;
             if let Some(batch) = batch {
-                crate::kafka::send_batch(&self.producer, &self.changelog, partition, &batch.writes)?;
+                let records = batch.len() as i64;
+                self.producer.context().add_outstanding(self.epoch, records);
+                if let Err(e) = crate::kafka::send_batch(
+                    &self.producer,
+                    &self.changelog,
+                    partition,
+                    &batch.writes,
+                    self.epoch as usize,
+                ) {
+                    // Some may have been sent: this epoch's count stays high, and the rewind
+                    // that follows begins a new epoch.
+                    return Err(e.into());
+                }
                 self.sent += batch.len() as u64;
                 self.metrics.changelog_records.inc_by(batch.len() as u64);
                 prepared.push(partition);
@@ -864,7 +1002,13 @@ impl Processor {
         if self.sent == 0 && prepared.is_empty() && tpl.count() == 0 {
             return Ok(false);
         }
-        if self.exactly_once() {
+        let routed: Vec<(String, i32, i64)> =
+            self.routed.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.clone(), *p, *o))).collect();
+        // What is sent from now on belongs to the next commit.
+        let epoch = self.epoch;
+        self.epoch += 1;
+        self.sent = 0;
+        let waiting = if self.exactly_once() {
             // (2) Offsets into the transaction, (3) commit it: on their own thread.
             let offsets = match tpl.count() {
                 0 => None,
@@ -875,22 +1019,14 @@ impl Processor {
                 .name("allread-commit".into())
                 .spawn(move || complete_transaction(&producer, offsets))
                 .map_err(RuntimeError::Thread)?;
-            self.in_flight = Some(CommitInFlight { transaction, prepared, held, tasks_committed, started });
-            return Ok(false);
-        }
-        // (2) Everything produced is acknowledged.
-        crate::kafka::flush(&self.producer, Duration::from_secs(60)).map_err(RuntimeError::Produce)?;
-        self.write_local(prepared)?;
-        if tpl.count() > 0 {
-            // A failed offset commit loses nothing: tasks resume from their own state and
-            // skip what they have applied. Warn and let the next commit carry it.
-            if let Err(e) = consumer.commit(&tpl, mode) {
-                warn!(error = %e, "committing consumer offsets failed; retrying at the next commit");
-            } else {
-                self.offsets_committed(&held, tasks_committed);
-            }
-        }
-        Ok(true)
+            Waiting::Transaction(transaction)
+        } else {
+            // (2) Every record of this epoch acknowledged, while the loop goes on; then (3)
+            // and (4) in `settle_commit`.
+            Waiting::Acks { epoch, offsets: tpl, mode }
+        };
+        self.in_flight = Some(CommitInFlight { waiting, prepared, held, routed, tasks_committed, started });
+        Ok(false)
     }
 
     /// After the commit's records are acknowledged (and, under `exactly_once`, committed): (4)
@@ -899,7 +1035,6 @@ impl Processor {
         if let Some((n, first)) = self.producer.context().take_failures() {
             return Err(RuntimeError::Delivery { failed: n, first });
         }
-        self.sent = 0;
         let changelog_next = self.producer.context().take_changelog_next();
         for partition in prepared {
             let _task = info_span!("task", task = partition).entered();
@@ -912,23 +1047,33 @@ impl Processor {
 
     /// After a commit's offsets are committed: the input offsets (see `forget_routed`) and the
     /// tasks' repartition offsets it carried.
-    fn offsets_committed(&mut self, held: &HeldPositions, tasks_committed: Vec<(i32, i64)>) {
-        self.forget_routed(held);
+    fn offsets_committed(
+        &mut self,
+        held: &HeldPositions,
+        routed: &[(String, i32, i64)],
+        tasks_committed: Vec<(i32, i64)>,
+    ) {
+        self.forget_routed(held, routed);
         self.kafka_committed.extend(tasks_committed);
     }
 
-    /// After a commit: input offsets committed in full are forgotten; those held back by a
-    /// held record are committed again next time.
-    fn forget_routed(&mut self, held: &HeldPositions) {
-        if held.is_empty() {
-            self.routed.clear();
-            return;
+    /// After a commit of the input offsets `routed`: those committed in full are forgotten,
+    /// unless routing went past them since the commit began (the next commit carries those);
+    /// those held back by a held record are committed again next time.
+    fn forget_routed(&mut self, held: &HeldPositions, routed: &[(String, i32, i64)]) {
+        for (topic, partition, offset) in routed {
+            if held.get(topic.as_str()).is_some_and(|h| h.contains_key(partition)) {
+                continue;
+            }
+            if let Some(partitions) = self.routed.get_mut(topic.as_str()) {
+                if partitions.get(partition) == Some(offset) {
+                    partitions.remove(partition);
+                }
+                if partitions.is_empty() {
+                    self.routed.remove(topic.as_str());
+                }
+            }
         }
-        self.routed.retain(|topic, partitions| {
-            let held = held.get(topic.as_str());
-            partitions.retain(|p, _| held.is_some_and(|h| h.contains_key(p)));
-            !partitions.is_empty()
-        });
     }
 
     /// After a failure: abort what is uncommitted and go back to the last commit, as Kafka
@@ -936,7 +1081,7 @@ impl Processor {
     /// ever visible; under `at_least_once` what was produced stays.
     pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
         // A commit in flight ends first, either way (its tasks are rebuilt below if it failed).
-        if let Err(e) = self.settle_commit() {
+        if let Err(e) = self.settle_commit(consumer) {
             warn!(error = %e, "the commit in flight failed as well");
         }
         self.metrics.rewinds.inc();
@@ -944,6 +1089,9 @@ impl Processor {
         self.exported_outcomes = self.outcomes();
         warn!(error = %reason, "rewinding to the last commit");
         self.sent = 0;
+        // Records of the abandoned epoch may never be reported (some of a batch may not have
+        // been sent): nothing waits for it again.
+        self.epoch += 1;
         let mut new_producer = false;
         if self.exactly_once() {
             self.metrics.transactions.with_label_values(&["aborted"]).inc();
@@ -1032,7 +1180,7 @@ impl Processor {
     /// partitions to pause until their tasks are restored.
     pub fn on_assign(&mut self, consumer: &Consumer_, tpl: &mut TopicPartitionList) -> TopicPartitionList {
         self.assigned = true;
-        if let Err(e) = self.settle_commit() {
+        if let Err(e) = self.settle_commit(consumer) {
             self.pending_rewind = Some(e);
         }
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
@@ -1083,7 +1231,7 @@ impl Processor {
     /// Partitions revoked: commit what we have, then let them go.
     pub fn on_revoke(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList, lost: bool) {
         self.metrics.rebalances.with_label_values(&[if lost { "lost" } else { "revoke" }]).inc();
-        let settled = self.settle_commit();
+        let settled = self.settle_commit(consumer);
         // Held records go the long way before the commit covers their input.
         self.close_lanes();
         if let Err(e) = settled {
