@@ -367,20 +367,21 @@ fn process_until(
             failed = p.handle_batch(consumer, &mut batch).err();
         }
         more_ready = failed.is_none() && p.more_ready();
-        if failed.is_none() && p.last_commit.elapsed() >= commit_every {
-            match p.start_commit(consumer, CommitMode::Async) {
-                Ok(()) => failures = 0,
-                Err(e) => failed = Some(e),
-            }
-        }
-        // Not while a commit is in flight: a tick completes it first (and the engines expire
-        // nothing while their batch is prepared).
+        // Not while a commit is in flight: a tick would wait for it (and the engines expire
+        // nothing while their batch is prepared). Before the next commit begins, so that
+        // commits that take a whole interval do not keep it from ever running.
         if failed.is_none() && p.last_tick.elapsed() >= tick_every && !p.commit_in_flight() {
             p.metrics.fetched_inputs.set(i64::try_from(records.len()).unwrap_or(i64::MAX));
             failed = p.tick(consumer).err();
             ticks += 1;
             if ticks.is_multiple_of(5) {
                 p.update_lag(consumer);
+            }
+        }
+        if failed.is_none() && p.last_commit.elapsed() >= commit_every {
+            match p.start_commit(consumer, CommitMode::Async) {
+                Ok(()) => failures = 0,
+                Err(e) => failed = Some(e),
             }
         }
         if let Some(e) = failed {
