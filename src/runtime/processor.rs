@@ -32,8 +32,9 @@
 //! ends its epoch, so (2) counts only the records sent before it began
 //! (`DeliveryContext::outstanding`); the loop settles the commit, (3) and (4), once they are
 //! all in. A commit that waited for every acknowledgement stopped the loop for 60 ms a second
-//! on average at a quarter of the benchmark's load, and the p99 from read to receipt followed
-//! (BENCHMARKS.md).
+//! on average at a quarter of the benchmark's load. Preparing the batches and handing their
+//! records to librdkafka still stop it, and weigh about as much as the wait did: no latency
+//! gain was measured (BENCHMARKS.md, tenth session).
 //! The first thing that needs the tasks or the producer (routing, the next commit, a tick, a
 //! rebalance, a query) completes the commit first (`settle_commit`), with (4).
 //!
