@@ -14,10 +14,14 @@
 //!   aborts everything and the local store is at the previous commit; a crash between (3) and
 //!   (4) leaves the local store behind its changelog, which restore replays. Local state is
 //!   never ahead of what was committed, so it never has to be wiped.
-//! - `at_least_once`: (2) wait until every record produced before the commit began is
-//!   acknowledged; (3) write the local batches; (4) commit the consumer's offsets. A crash
-//!   between any two steps re-processes input, and the source positions make that a no-op for
-//!   the state; the worst case is a receipt emitted twice, never one lost.
+//! - `at_least_once`: (2) wait until every record produced before the commit began
+//!   (receipts, repartition records, dead letters) is acknowledged; (3) only then send the
+//!   changelog records, and wait for them; (4) write the local batches; (5) commit the
+//!   consumer's offsets. A crash between any two steps re-processes input, and the source
+//!   positions make that a no-op for the state; the worst case is a receipt emitted twice,
+//!   never one lost. The changelog follows the output because a failed commit rewinds to it:
+//!   a changelog sent with a receipt that was then refused would hold the read as applied,
+//!   and the read, consumed again, would produce nothing (`complete_acks`).
 //!
 //! Under `exactly_once`, (2) and (3) are broker round trips (about 15 ms a commit in a backlog
 //! run, BENCHMARKS.md), so they run on a thread of their own (`CommitInFlight`): meanwhile the
@@ -26,17 +30,17 @@
 //! batch prepared, `Engine::prepare_commit`; what they produce would have to wait for the
 //! next transaction: not built.)
 //!
-//! Under `at_least_once` the loop goes on routing, applying and producing while (2) waits:
-//! the engines read through the batch they prepared, and their new changes go to the next
-//! commit. Every record is sent with the commit epoch as its delivery opaque, and a commit
-//! ends its epoch, so (2) counts only the records sent before it began
-//! (`DeliveryContext::outstanding`); the loop settles the commit, (3) and (4), once they are
-//! all in. A commit that waited for every acknowledgement stopped the loop for 60 ms a second
-//! on average at a quarter of the benchmark's load. Preparing the batches and handing their
-//! records to librdkafka still stop it, and weigh about as much as the wait did: no latency
-//! gain was measured (BENCHMARKS.md, tenth session).
-//! The first thing that needs the tasks or the producer (routing, the next commit, a tick, a
-//! rebalance, a query) completes the commit first (`settle_commit`), with (4).
+//! Under `at_least_once` the loop goes on routing, applying and producing while (2) and (3)
+//! run on a thread of their own: the engines read through the batch they prepared, and their
+//! new changes go to the next commit. Every record is sent with the commit epoch as its
+//! delivery opaque, and a commit ends its epoch, so (2) counts only the records sent before
+//! it began (`DeliveryContext::wait_reported`); its changelog records have an epoch of their
+//! own. The loop settles the commit, (4) and (5), once the thread is done. Only preparing
+//! the batches still stops the loop (26 ms at the median, 60 ms at p90, at a quarter of the
+//! benchmark's load: BENCHMARKS.md, tenth session).
+//! Under either guarantee, what needs the last commit complete (the next commit, a tick, a
+//! rebalance, a rewind; under `exactly_once` also routing and queries) settles it first
+//! (`settle_commit`).
 //!
 //! The local write is begun, not awaited: one writer thread inserts the tasks' batches into
 //! their stores while the loop goes on (`Engine::write_prepared`). The stores keep no
@@ -50,7 +54,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
@@ -75,6 +79,7 @@ use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_
 use crate::metrics::Metrics;
 use crate::receipts::{Event, Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
+use crate::store::WriteBatch;
 
 pub(crate) type Consumer_ = BaseConsumer<RuntimeContext>;
 type Producer_ = ThreadedProducer<DeliveryContext>;
@@ -101,9 +106,10 @@ enum Waiting {
     /// `exactly_once`: another thread adds the offsets to the transaction, commits it, and
     /// begins the next one.
     Transaction(std::thread::JoinHandle<Result<(), RuntimeError>>),
-    /// `at_least_once`: the acknowledgement of every record sent in `epoch` (up to the
-    /// commit); then the consumer's offsets are committed with `mode`.
-    Acks { epoch: u64, offsets: TopicPartitionList, mode: CommitMode },
+    /// `at_least_once`: another thread waits for the acknowledgement of the output sent up
+    /// to the commit, then sends the changelog records and waits for theirs
+    /// (`complete_acks`); then the consumer's offsets are committed with `mode`.
+    Acks { sending: std::thread::JoinHandle<Result<(), RuntimeError>>, offsets: TopicPartitionList, mode: CommitMode },
 }
 
 /// An input record, decoded, on its way to its task.
@@ -129,6 +135,8 @@ pub struct DeliveryContext {
     /// were sent in (each record's delivery opaque; see `Processor::epoch`). An epoch with
     /// none has no entry.
     outstanding: Mutex<HashMap<u64, i64>>,
+    /// Notified whenever an epoch's last outstanding record is reported.
+    reported: Condvar,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -137,7 +145,8 @@ impl ProducerContext for DeliveryContext {
     /// The commit epoch the record was sent in.
     type DeliveryOpaque = usize;
     fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
-        self.add_outstanding(epoch as u64, -1);
+        // A failure is counted before its record stops being outstanding, so whoever sees
+        // an epoch complete also sees its failures.
         match result {
             Ok(msg) => {
                 if msg.topic() == self.repartition {
@@ -159,6 +168,7 @@ impl ProducerContext for DeliveryContext {
                 }
             }
         }
+        self.add_outstanding(epoch as u64, -1);
     }
 }
 
@@ -172,6 +182,7 @@ impl DeliveryContext {
             first_failure: Mutex::new(None),
             changelog_next: Mutex::new(HashMap::new()),
             outstanding: Mutex::new(HashMap::new()),
+            reported: Condvar::new(),
         }
     }
 
@@ -182,12 +193,27 @@ impl DeliveryContext {
         *count += n;
         if *count == 0 {
             outstanding.remove(&epoch);
+            self.reported.notify_all();
         }
     }
 
-    /// Records of `epoch` not reported yet.
-    fn outstanding(&self, epoch: u64) -> i64 {
-        self.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get(&epoch).copied().unwrap_or(0)
+    /// Waits until every record of `epoch` is reported, or `deadline`; whether they all are.
+    fn wait_reported(&self, epoch: u64, deadline: Instant) -> bool {
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+        while outstanding.get(&epoch).is_some_and(|n| *n > 0) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            outstanding = self.reported.wait_timeout(outstanding, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// Failures since the last [`DeliveryContext::take_failures`], with the first one's
+    /// description, left to it.
+    fn failures(&self) -> Option<(u64, String)> {
+        let n = self.failures.load(Ordering::Relaxed);
+        (n > 0).then(|| (n, self.first_failure.lock().unwrap().clone().unwrap_or_default()))
     }
 
     /// Failures since the last call, with the first one's description.
@@ -269,6 +295,47 @@ fn complete_transaction(
         }
     }
     producer.begin_transaction().map_err(|e| RuntimeError::Transaction { step: "begin", source: e })
+}
+
+/// How long an `at_least_once` commit waits for its records' acknowledgements before it
+/// counts as failed.
+const ACKS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends an `at_least_once` commit's changelog records on its own thread, once the output
+/// before them is in: waits for every record sent in epoch `output` (receipts, repartition
+/// records, dead letters) to be acknowledged, then, if none failed, sends `batches` to the
+/// `changelog` topic in epoch `changelog` and waits for their acknowledgements.
+///
+/// The order is the guarantee: a changelog record reflects only events whose output is in
+/// Kafka. Were the changelog sent with the output, a refused receipt would leave it holding
+/// a state whose receipt was never produced; the rewind that follows the failure restores
+/// that state, and the read, consumed again, is a duplicate that produces nothing.
+fn complete_acks(
+    producer: &Producer_,
+    changelog: &str,
+    output: u64,
+    changelog_epoch: u64,
+    batches: &[(i32, Arc<WriteBatch>)],
+    deadline: Instant,
+) -> Result<(), RuntimeError> {
+    let context = producer.context();
+    let timed_out = || RuntimeError::Produce(KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::MessageTimedOut));
+    let failed = || context.failures().map(|(failed, first)| RuntimeError::Delivery { failed, first });
+    if !context.wait_reported(output, deadline) {
+        return Err(timed_out());
+    }
+    if let Some(e) = failed() {
+        return Err(e);
+    }
+    for (partition, batch) in batches {
+        context.add_outstanding(changelog_epoch, batch.len() as i64);
+        // Some may have been sent on an error: the rewind that follows begins a new epoch.
+        crate::kafka::send_batch(producer, changelog, *partition, &batch.writes, changelog_epoch as usize)?;
+    }
+    if !context.wait_reported(changelog_epoch, deadline) {
+        return Err(timed_out());
+    }
+    failed().map_or(Ok(()), Err)
 }
 
 /// The restore consumer's context: reaching a partition's end is how a restore finishes, not
@@ -866,7 +933,7 @@ impl Processor {
     fn commit_done(&self) -> bool {
         self.in_flight.as_ref().is_some_and(|c| match &c.waiting {
             Waiting::Transaction(t) => t.is_finished(),
-            Waiting::Acks { epoch, .. } => self.producer.context().outstanding(*epoch) <= 0,
+            Waiting::Acks { sending, .. } => sending.is_finished(),
         })
     }
 
@@ -902,17 +969,10 @@ impl Processor {
                     Ok(())
                 })
             }
-            Waiting::Acks { epoch, offsets, mode } => {
+            Waiting::Acks { sending, offsets, mode } => {
                 // Usually long done: a commit waits a commit interval before it is settled.
-                while self.producer.context().outstanding(epoch) > 0 {
-                    crate::kafka::flush(&self.producer, Duration::from_millis(100)).ok();
-                    if c.started.elapsed() > Duration::from_secs(60) {
-                        return Err(RuntimeError::Produce(rdkafka::error::KafkaError::Flush(
-                            rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
-                        )));
-                    }
-                }
-                self.write_local(c.prepared).map(|()| {
+                let sent = sending.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                sent.and_then(|()| self.write_local(c.prepared)).map(|()| {
                     if offsets.count() > 0 {
                         // A failed offset commit loses nothing: tasks resume from their own
                         // state and skip what they have applied. Warn; the next commit
@@ -954,30 +1014,34 @@ impl Processor {
     /// flight.
     fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode, started: Instant) -> Result<bool, RuntimeError> {
         self.last_commit = started;
-        // (1) Changes -> changelog records.
+        // (1) Changes -> changelog records: sent now under `exactly_once` (into the
+        // transaction), and only once the output is in under `at_least_once`.
+        let epoch = self.epoch;
+        let changelog_epoch = epoch + 1;
         let mut prepared = Vec::new();
+        let mut batches = Vec::new();
         let partitions: Vec<i32> = self.tasks.keys().copied().collect();
         for partition in partitions {
             let task = self.tasks.get_mut(&partition).expect("listed above");
             let _task = info_span!("task", task = partition).entered();
             let batch = task.prepare_commit().map_err(|source| RuntimeError::Engine { partition, source })?;
             if let Some(batch) = batch {
-                let records = batch.len() as i64;
-                self.producer.context().add_outstanding(self.epoch, records);
-                if let Err(e) = crate::kafka::send_batch(
-                    &self.producer,
-                    &self.changelog,
-                    partition,
-                    &batch.writes,
-                    self.epoch as usize,
-                ) {
-                    // Some may have been sent: this epoch's count stays high, and the rewind
-                    // that follows begins a new epoch.
-                    return Err(e.into());
-                }
-                self.sent += batch.len() as u64;
                 self.metrics.changelog_records.inc_by(batch.len() as u64);
                 prepared.push(partition);
+                if self.exactly_once() {
+                    self.producer.context().add_outstanding(changelog_epoch, batch.len() as i64);
+                    // Some may have been sent on an error: the rewind that follows aborts
+                    // the transaction.
+                    crate::kafka::send_batch(
+                        &self.producer,
+                        &self.changelog,
+                        partition,
+                        &batch.writes,
+                        changelog_epoch as usize,
+                    )?;
+                } else {
+                    batches.push((partition, batch));
+                }
             }
         }
         let routed = self.routed.values().map(|p| p.len()).sum::<usize>();
@@ -1006,8 +1070,7 @@ impl Processor {
         let routed: Vec<(String, i32, i64)> =
             self.routed.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.clone(), *p, *o))).collect();
         // What is sent from now on belongs to the next commit.
-        let epoch = self.epoch;
-        self.epoch += 1;
+        self.epoch += 2;
         self.sent = 0;
         let waiting = if self.exactly_once() {
             // (2) Offsets into the transaction, (3) commit it: on their own thread.
@@ -1022,9 +1085,17 @@ impl Processor {
                 .map_err(RuntimeError::Thread)?;
             Waiting::Transaction(transaction)
         } else {
-            // (2) Every record of this epoch acknowledged, while the loop goes on; then (3)
-            // and (4) in `settle_commit`.
-            Waiting::Acks { epoch, offsets: tpl, mode }
+            // (2) The output acknowledged, then (3) the changelog sent and acknowledged: on
+            // their own thread, while the loop goes on. (4) and (5) in `settle_commit`.
+            let producer = self.producer.clone();
+            let changelog = self.changelog.clone();
+            let sending = std::thread::Builder::new()
+                .name("allread-commit".into())
+                .spawn(move || {
+                    complete_acks(&producer, &changelog, epoch, changelog_epoch, &batches, started + ACKS_TIMEOUT)
+                })
+                .map_err(RuntimeError::Thread)?;
+            Waiting::Acks { sending, offsets: tpl, mode }
         };
         self.in_flight = Some(CommitInFlight { waiting, prepared, held, routed, tasks_committed, started });
         Ok(false)
