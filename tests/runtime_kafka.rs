@@ -566,7 +566,17 @@ fn at_least_once_a_receipt_the_output_topic_refuses_is_not_lost() {
         assert!(std::time::Instant::now() < deadline, "no rewind after a refused receipt; log: {}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    let rewinds = || {
+        let (_, text) = common::http_get(port, "/metrics").unwrap_or((0, String::new()));
+        common::metric(&text, "allread_rewinds_total").unwrap_or(0.0)
+    };
+    let first = rewinds();
     std::thread::sleep(Duration::from_secs(2));
+    // A failure that persists is retried with a growing wait (0, 0.4, 0.8, 1.6 s, ...), not in
+    // a tight loop: a commit begins every millisecond here, and the refusal comes within
+    // milliseconds.
+    let retried = rewinds() - first;
+    assert!((1.0..=6.0).contains(&retried), "{retried} rewinds in 2 s; log: {}", log());
     // ... and two seconds later the read is not committed: neither on its topic nor, once it
     // was routed there, on the repartition topic. (The joins and the message before it may
     // be: a commit without the receipt's read covered them.)

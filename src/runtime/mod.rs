@@ -305,9 +305,12 @@ fn process_until(
     let mut unforwarded_warned = false;
     let mut ticks = 0u64;
     let mut restoring = false;
-    // Consecutive rewinds without a successful commit: each waits longer, so a failure that
-    // persists (broker away, fenced again) is retried calmly instead of in a tight loop.
+    // Consecutive rewinds without a completed commit: each waits longer, so a failure that
+    // persists (broker away, fenced again, a receipt the output topic refuses) is retried
+    // calmly instead of in a tight loop. A commit that began is not enough: both guarantees
+    // complete it later, and that is where such failures show.
     let mut failures = 0u32;
+    let mut completed = 0u64;
     let mut topics = TopicNames::default();
     // Input records are decoded as they are polled (see `Polled`).
     let decoder = InputDecoder::new(cfg);
@@ -379,10 +382,11 @@ fn process_until(
             }
         }
         if failed.is_none() && p.last_commit.elapsed() >= commit_every {
-            match p.start_commit(consumer, CommitMode::Async) {
-                Ok(()) => failures = 0,
-                Err(e) => failed = Some(e),
-            }
+            failed = p.start_commit(consumer, CommitMode::Async).err();
+        }
+        if p.commits_completed != completed {
+            completed = p.commits_completed;
+            failures = 0;
         }
         if let Some(e) = failed {
             p.rewind(consumer, &e);

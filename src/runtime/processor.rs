@@ -411,6 +411,8 @@ pub struct Processor {
     /// Engine outcomes of tasks this process no longer has.
     closed_outcomes: Outcomes,
     pub(crate) last_commit: Instant,
+    /// Commits completed (settled without an error) since the process started.
+    pub(crate) commits_completed: u64,
     pub(crate) last_tick: Instant,
     /// Set when something happened that the loop cannot continue from.
     pub(crate) fatal: Option<RuntimeError>,
@@ -493,6 +495,7 @@ impl Processor {
             assigned: false,
             closed_outcomes: Outcomes::default(),
             last_commit: Instant::now(),
+            commits_completed: 0,
             last_tick: Instant::now(),
             fatal: None,
             pending_rewind: None,
@@ -901,17 +904,11 @@ impl Processor {
     pub fn start_commit(&mut self, consumer: &Consumer_, mode: CommitMode) -> Result<(), RuntimeError> {
         self.settle_commit(consumer)?;
         let started = Instant::now();
-        match self.commit_inner(consumer, mode, started) {
-            Ok(true) => {
-                self.committed(started);
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => {
-                self.metrics.commit_failures.inc();
-                Err(e)
-            }
+        let begun = self.commit_inner(consumer, mode, started);
+        if begun.is_err() {
+            self.metrics.commit_failures.inc();
         }
+        begun
     }
 
     /// Whether an `exactly_once` commit's transaction is still being completed.
@@ -1004,15 +1001,15 @@ impl Processor {
     }
 
     fn committed(&mut self, started: Instant) {
+        self.commits_completed += 1;
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         let outcomes = self.outcomes();
         self.metrics.add_outcomes(&outcomes, &self.exported_outcomes);
         self.exported_outcomes = outcomes;
     }
 
-    /// `Ok(false)` when there was nothing to commit, or when an `exactly_once` commit is in
-    /// flight.
-    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode, started: Instant) -> Result<bool, RuntimeError> {
+    /// Begins a commit, if there is anything to commit: it is then in flight.
+    fn commit_inner(&mut self, consumer: &Consumer_, mode: CommitMode, started: Instant) -> Result<(), RuntimeError> {
         self.last_commit = started;
         // (1) Changes -> changelog records: sent now under `exactly_once` (into the
         // transaction), and only once the output is in under `at_least_once`.
@@ -1065,7 +1062,7 @@ impl Processor {
             }
         }
         if self.sent == 0 && prepared.is_empty() && tpl.count() == 0 {
-            return Ok(false);
+            return Ok(());
         }
         let routed: Vec<(String, i32, i64)> =
             self.routed.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.clone(), *p, *o))).collect();
@@ -1098,7 +1095,7 @@ impl Processor {
             Waiting::Acks { sending, offsets: tpl, mode }
         };
         self.in_flight = Some(CommitInFlight { waiting, prepared, held, routed, tasks_committed, started });
-        Ok(false)
+        Ok(())
     }
 
     /// After the commit's records are acknowledged (and, under `exactly_once`, committed): (4)
