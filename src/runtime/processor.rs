@@ -1159,8 +1159,9 @@ impl Processor {
         warn!(error = %reason, "rewinding to the last commit");
         self.sent = 0;
         // Records of the abandoned epoch may never be reported (some of a batch may not have
-        // been sent): nothing waits for it again.
-        self.epoch += 1;
+        // been sent): nothing waits for it again. Nor for the next, which a commit that
+        // failed as it began may have sent changelog records in (see `commit_inner`).
+        self.epoch += 2;
         let mut new_producer = false;
         if self.exactly_once() {
             self.metrics.transactions.with_label_values(&["aborted"]).inc();
