@@ -610,3 +610,54 @@ fn a_refused_receipt_is_not_lost(guarantee: &str) {
     let receipts = Reader::new(&s.bootstrap, &s.output).read(1, WAIT);
     assert_eq!(ids(&receipts), ["m1"], "log: {}", log());
 }
+
+/// A dead letter the dead-letter topic refuses is not lost either (README: "If the dead letter
+/// cannot be written, the input offset is not committed past it"): the undecodable record's
+/// offset stays uncommitted while the topic refuses it, and the dead letter comes once the
+/// topic takes it. Under `at_least_once`, whose commit orders output and changelog itself.
+/// It fails when a commit ignores its records' delivery failures (checked by mutation).
+#[test]
+fn at_least_once_a_dead_letter_the_topic_refuses_is_not_lost() {
+    use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+    let s = Setup::new("dlqfull");
+    let room = s.room_topic("r1");
+    common::create_topic(&s.bootstrap, &room, 1);
+    let admin = common::admin(&s.bootstrap);
+    let dlq = s.dlq();
+    let small = NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "128");
+    let created = futures::executor::block_on(admin.create_topics([&small], &AdminOptions::new())).unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let config = s.config("guarantee = \"at_least_once\"\ncommit_interval_ms = 1");
+    let allread = common::Allread::start(&config, &s.dir.path().join("allread.log"));
+    let log = || allread.log_text();
+    let chat = Chat::new(&s.bootstrap);
+    // Not JSON, and larger than the topic takes even compressed: digits that do not repeat.
+    let garbage: String = (0..120u64).map(|i| (i * 7919 % 100_003).to_string()).collect::<Vec<_>>().join(";");
+    chat.send(&s.read_topic, "r1", &garbage);
+    chat.flush();
+    let port = s.http_port;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = common::http_get(port, "/metrics").unwrap_or((0, String::new()));
+        if common::metric(&text, "allread_rewinds_total").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rewind after a refused dead letter; log: {}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let behind = common::uncommitted(&s.bootstrap, &s.app, std::slice::from_ref(&s.read_topic));
+    assert!(
+        behind.iter().any(|(_, _, at, end)| *end > (*at).max(0)),
+        "the undecodable record was committed though its dead letter was refused: {behind:?}; log: {}",
+        log()
+    );
+    let mut larger = AlterConfig::new(ResourceSpecifier::Topic(&dlq));
+    larger = larger.set("max.message.bytes", "1048588");
+    let altered = futures::executor::block_on(admin.alter_configs([&larger], &AdminOptions::new())).unwrap();
+    assert!(altered.iter().all(|r| r.is_ok()), "{altered:?}");
+    let letters = Reader::new(&s.bootstrap, &dlq).read(1, WAIT);
+    assert_eq!(letters.len(), 1, "log: {}", log());
+    assert_eq!(letters[0].header("allread.error.kind"), Some("not_json"));
+    assert_eq!(letters[0].payload, garbage.as_bytes(), "the record, unchanged");
+}
