@@ -549,6 +549,21 @@ fn exactly_once_a_receipt_the_output_topic_refuses_is_not_lost() {
     a_refused_receipt_is_not_lost("exactly_once");
 }
 
+/// `allread_rewinds_total` of the instance serving `port` (0 if it does not answer).
+fn rewinds(port: u16) -> f64 {
+    let (_, text) = common::http_get(port, "/metrics").unwrap_or((0, String::new()));
+    common::metric(&text, "allread_rewinds_total").unwrap_or(0.0)
+}
+
+/// Waits until the instance serving `port` has rewound at least once, after `what`.
+fn wait_for_a_rewind(port: u16, what: &str, log: &dyn Fn() -> String) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while rewinds(port) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no rewind after {what}; log: {}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn a_refused_receipt_is_not_lost(guarantee: &str) {
     use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
     let s = Setup::new("unacked");
@@ -571,26 +586,14 @@ fn a_refused_receipt_is_not_lost(guarantee: &str) {
     chat.flush();
     // The receipt is produced, refused, and the commit fails ...
     let log = || allread.log_text();
-    let deadline = std::time::Instant::now() + WAIT;
     let port = s.http_port;
-    loop {
-        let (_, text) = common::http_get(port, "/metrics").unwrap_or((0, String::new()));
-        if common::metric(&text, "allread_rewinds_total").unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no rewind after a refused receipt; log: {}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let rewinds = || {
-        let (_, text) = common::http_get(port, "/metrics").unwrap_or((0, String::new()));
-        common::metric(&text, "allread_rewinds_total").unwrap_or(0.0)
-    };
-    let first = rewinds();
+    wait_for_a_rewind(port, "a refused receipt", &log);
+    let first = rewinds(port);
     std::thread::sleep(Duration::from_secs(2));
     // A failure that persists is retried with a growing wait (0, 0.4, 0.8, 1.6 s, ...), not in
     // a tight loop: a commit begins every millisecond here, and the refusal comes within
     // milliseconds.
-    let retried = rewinds() - first;
+    let retried = rewinds(port) - first;
     assert!((1.0..=6.0).contains(&retried), "{retried} rewinds in 2 s; log: {}", log());
     // ... and two seconds later the read is not committed: neither on its topic nor, once it
     // was routed there, on the repartition topic. (The joins and the message before it may
@@ -635,16 +638,7 @@ fn at_least_once_a_dead_letter_the_topic_refuses_is_not_lost() {
     let garbage: String = (0..120u64).map(|i| (i * 7919 % 100_003).to_string()).collect::<Vec<_>>().join(";");
     chat.send(&s.read_topic, "r1", &garbage);
     chat.flush();
-    let port = s.http_port;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, text) = common::http_get(port, "/metrics").unwrap_or((0, String::new()));
-        if common::metric(&text, "allread_rewinds_total").unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no rewind after a refused dead letter; log: {}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_a_rewind(s.http_port, "a refused dead letter", &log);
     std::thread::sleep(Duration::from_secs(2));
     let behind = common::uncommitted(&s.bootstrap, &s.app, std::slice::from_ref(&s.read_topic));
     assert!(
