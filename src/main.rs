@@ -304,7 +304,37 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// mimalloc gives memory that stayed free for a second back to the system (its purge delay),
+/// and a later allocation faults it in again, a page at a time, zeroed. The input's records
+/// and the router's queues come and go in waves, so in the benchmark's backlog that was about
+/// 100,000 page faults and 13% of all CPU samples, nearly all of it zeroing pages. allread
+/// keeps what it has allocated instead: its resident memory stays at its peak, which is what
+/// it must be sized for anyway (BENCHMARKS.md, 6 December, a twelfth session). Setting
+/// `MIMALLOC_PURGE_DELAY` (milliseconds) restores purging.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options; any value is valid, and -1 means never purge.
+        unsafe { mimalloc_options::mi_option_set(mimalloc_options::PURGE_DELAY, -1) };
+    }
+}
+
+/// The two mimalloc functions allread calls itself (the `mimalloc` crate links them).
+mod mimalloc_options {
+    use std::ffi::{c_int, c_long};
+
+    /// `mi_option_purge_delay` in `mimalloc.h`'s `mi_option_e`, the same in mimalloc 2 and 3
+    /// (the `libmimalloc-sys` crate does not name it). A test checks its default.
+    pub const PURGE_DELAY: c_int = 15;
+
+    extern "C" {
+        pub fn mi_option_set(option: c_int, value: c_long);
+        #[cfg(test)]
+        pub fn mi_option_get(option: c_int) -> c_long;
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { settings } => {
@@ -484,6 +514,17 @@ mod tests {
         fn malloc(size: usize) -> *mut c_void;
         fn free(p: *mut c_void);
         fn mi_is_in_heap_region(p: *const c_void) -> bool;
+    }
+
+    /// The option allread sets is mimalloc's purge delay: it reads `MIMALLOC_PURGE_DELAY`, and
+    /// its default is mimalloc 3's 1,000 ms, which no option next to it has (the process under
+    /// test never called `main`).
+    #[test]
+    fn the_purge_delay_option_is_the_one_allread_sets() {
+        let expected = std::env::var("MIMALLOC_PURGE_DELAY").map_or(1000, |v| v.parse().expect("a number"));
+        // SAFETY: reads an option; mimalloc initialises its options on first use.
+        let value = unsafe { super::mimalloc_options::mi_option_get(super::mimalloc_options::PURGE_DELAY) };
+        assert_eq!(value, expected, "option {} is not mimalloc's purge delay", super::mimalloc_options::PURGE_DELAY);
     }
 
     /// librdkafka and RocksDB call `malloc` as C does: with mimalloc's `override` feature that
