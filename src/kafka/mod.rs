@@ -48,26 +48,22 @@ where
 /// other error, the records before the one that failed are sent (as with [`send`]), and some
 /// after it may be: the caller abandons the whole batch, as it does after [`send`] fails.
 /// Every record carries `opaque` as its delivery opaque.
-pub fn send_batch<C, K, V>(
+pub fn send_batch<'a, C, K, V>(
     producer: &ThreadedProducer<C>,
     topic: &str,
     partition: i32,
-    records: &[(K, Option<V>)],
+    records: impl IntoIterator<Item = &'a (K, Option<V>)>,
     opaque: usize,
 ) -> KafkaResult<()>
 where
     C: ProducerContext<DeliveryOpaque = usize> + 'static,
-    K: AsRef<[u8]>,
-    V: AsRef<[u8]>,
+    K: AsRef<[u8]> + 'a,
+    V: AsRef<[u8]> + 'a,
 {
     use rdkafka::bindings as rd;
 
-    if records.is_empty() {
-        return Ok(());
-    }
-    let handle = TopicHandle::open(producer, topic)?;
     let mut messages: Vec<rd::rd_kafka_message_t> = records
-        .iter()
+        .into_iter()
         .map(|(key, value)| {
             // SAFETY: an all-zero rd_kafka_message_t is valid (null pointers, no error).
             let mut m: rd::rd_kafka_message_t = unsafe { std::mem::zeroed() };
@@ -84,6 +80,10 @@ where
             m
         })
         .collect();
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let handle = TopicHandle::open(producer, topic)?;
     let mut rest = &mut messages[..];
     while !rest.is_empty() {
         let count = std::ffi::c_int::try_from(rest.len()).expect("a batch of fewer than 2^31 records");

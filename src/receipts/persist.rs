@@ -184,6 +184,30 @@ pub fn expiry_key(at: Millis, kind: u8, room: &str, id: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Whether `key` is a marker's expiry index entry. Those entries are derived state: each
+/// follows from the `expire_at` of the marker it indexes. So they stay out of the changelog
+/// (where they were nearly half of its records: a marker and its entry for every message), and
+/// a restore writes each beside its marker ([`derived_expiry_entry`]).
+pub fn is_marker_expiry_key(key: &[u8]) -> bool {
+    key.len() > 9 && key[0] == TAG_EXPIRY && key[9] == EXPIRE_MARKER
+}
+
+/// The expiry index entry that a restored record implies: for a marker, its entry; for a
+/// tombstone or any other key, none. A marker is only ever deleted once it has expired, so
+/// the entry of a marker that a later record deletes is due already: the next tick finds no
+/// marker expiring at that time and drops the entry, as it drops any entry gone stale.
+pub fn derived_expiry_entry(key: &[u8], value: Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
+    let (Some(&TAG_MARKER), Some(value)) = (key.first(), value) else {
+        return Ok(None);
+    };
+    let bad = || StoreError::corrupt(key, "malformed marker key");
+    let len = u16::from_be_bytes([*key.get(1).ok_or_else(bad)?, *key.get(2).ok_or_else(bad)?]) as usize;
+    let room = key.get(3..3 + len).ok_or_else(bad)?;
+    let room = std::str::from_utf8(room).map_err(|_| bad())?;
+    let marker: MarkerV1 = decode(key, value)?;
+    Ok(Some(expiry_key(marker.expire_at, EXPIRE_MARKER, room, &key[3 + len..])))
+}
+
 /// The first key past every expiry entry due at or before `now`.
 pub fn expiry_upper_bound(now: Millis) -> Vec<u8> {
     let mut key = vec![TAG_EXPIRY];
@@ -273,6 +297,30 @@ mod tests {
         assert!(b < expiry_upper_bound(5) && c >= expiry_upper_bound(5));
         let parsed = parse_expiry_key(&b).unwrap();
         assert_eq!((parsed.at, parsed.kind, parsed.room, parsed.id), (5, EXPIRE_PENDING, "r", &b"1"[..]));
+    }
+
+    #[test]
+    fn a_markers_expiry_entry_is_derived_from_the_marker() {
+        let marker = MarkerV1 {
+            seq: 4,
+            state: MarkerState::Completed,
+            at: 10,
+            expire_at: 1_000,
+            sender_id: "alice".into(),
+            sent_at: 7,
+            required: 2,
+        };
+        let key = marker_key("room-1", "m7");
+        let entry = derived_expiry_entry(&key, Some(&encode(&marker))).unwrap().unwrap();
+        assert_eq!(entry, expiry_key(1_000, EXPIRE_MARKER, "room-1", b"m7"));
+        assert!(is_marker_expiry_key(&entry));
+        assert!(!is_marker_expiry_key(&expiry_key(1_000, EXPIRE_PENDING, "room-1", &4u64.to_be_bytes())));
+        assert!(!is_marker_expiry_key(&key));
+        assert_eq!(derived_expiry_entry(&key, None).unwrap(), None, "a tombstone implies nothing");
+        let member = encode(&MemberV1 { pos: 3 });
+        assert_eq!(derived_expiry_entry(&member_key("room-1", "u"), Some(&member)).unwrap(), None);
+        assert!(derived_expiry_entry(&key, Some(&member)).is_err(), "a marker key holding something else");
+        assert!(derived_expiry_entry(&[TAG_MARKER, 0, 9, b'r'], Some(&encode(&marker))).is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
 use super::router::{Backlog, Body, InputBuffer, InputDecoder, Polled, Raw, Taken};
 use super::shortcut::{Acks, Route, Shortcut};
-use super::task::{Applied, ChangelogRecord, Task, TaskError};
+use super::task::{changelog_records, Applied, ChangelogRecord, Task, TaskError};
 use super::RuntimeError;
 use crate::codec::{encode_receipt, DecodeError};
 use crate::config::Config;
@@ -329,9 +329,10 @@ fn complete_acks(
         return Err(e);
     }
     for (partition, batch) in batches {
-        context.add_outstanding(changelog_epoch, batch.len() as i64);
+        let records = changelog_records(batch);
+        context.add_outstanding(changelog_epoch, records.clone().count() as i64);
         // Some may have been sent on an error: the rewind that follows begins a new epoch.
-        crate::kafka::send_batch(producer, changelog, *partition, &batch.writes, changelog_epoch as usize)?;
+        crate::kafka::send_batch(producer, changelog, *partition, records, changelog_epoch as usize)?;
     }
     if !context.wait_reported(changelog_epoch, deadline) {
         return Err(timed_out());
@@ -1024,17 +1025,18 @@ impl Processor {
             let _task = info_span!("task", task = partition).entered();
             let batch = task.prepare_commit().map_err(|source| RuntimeError::Engine { partition, source })?;
             if let Some(batch) = batch {
-                self.metrics.changelog_records.inc_by(batch.len() as u64);
+                let count = changelog_records(&batch).count();
+                self.metrics.changelog_records.inc_by(count as u64);
                 prepared.push(partition);
                 if self.exactly_once() {
-                    self.producer.context().add_outstanding(changelog_epoch, batch.len() as i64);
+                    self.producer.context().add_outstanding(changelog_epoch, count as i64);
                     // Some may have been sent on an error: the rewind that follows aborts
                     // the transaction.
                     crate::kafka::send_batch(
                         &self.producer,
                         &self.changelog,
                         partition,
-                        &batch.writes,
+                        changelog_records(&batch),
                         changelog_epoch as usize,
                     )?;
                 } else {

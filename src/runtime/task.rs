@@ -9,15 +9,17 @@
 //! - `_c`: the next changelog offset, i.e. how much of the task's changelog partition the
 //!   local state reflects (local only: it is not itself in the changelog).
 //!
-//! Every write of a commit but `_c` is also a changelog record (key = store key, value = the
-//! value, or a tombstone for a delete), so replaying the changelog from `_c` onwards brings
-//! any older copy of the store, or an empty one, to the latest committed state.
+//! Every write of a commit but `_c` and the markers' expiry index entries is also a changelog
+//! record (key = store key, value = the value, or a tombstone for a delete), so replaying the
+//! changelog from `_c` onwards brings any older copy of the store, or an empty one, to the
+//! latest committed state: a restore writes each marker's expiry entry beside it (see
+//! `persist::derived_expiry_entry`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::kafka::envelope::{self, EnvelopeError, Routed};
-use crate::receipts::{Engine, EngineConfig, EngineError, Event, HashMap, Millis, Outcomes, ReceiptComplete};
+use crate::receipts::{persist, Engine, EngineConfig, EngineError, Event, HashMap, Millis, Outcomes, ReceiptComplete};
 use crate::store::rocks::{RocksOptions, RocksStore};
 use crate::store::{KvStore, StoreError, Write, WriteBatch};
 
@@ -34,6 +36,12 @@ struct TopicPositions {
 
 /// A changelog record: its offset, the store key, and the value (`None`: a tombstone).
 pub type ChangelogRecord = (i64, Vec<u8>, Option<Vec<u8>>);
+
+/// The writes of a commit's batch that are changelog records, in order: all but the markers'
+/// expiry index entries, which a restore derives.
+pub fn changelog_records(batch: &WriteBatch) -> impl Iterator<Item = &Write> + Clone {
+    batch.writes.iter().filter(|(key, _)| !persist::is_marker_expiry_key(key))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -291,6 +299,9 @@ impl Task {
         let mut batch = WriteBatch::new();
         batch.writes.reserve(records.len() + 1);
         for (_, key, value) in records {
+            if let Some(entry) = persist::derived_expiry_entry(&key, value.as_deref())? {
+                batch.writes.push((entry, Some(Vec::new())));
+            }
             batch.writes.push((key, value));
         }
         batch.put(KEY_CHANGELOG.to_vec(), (last + 1).to_be_bytes().to_vec());
@@ -371,6 +382,82 @@ mod tests {
     /// Applies a join as input record `topic`/`partition`/`offset`: whether it was applied.
     fn apply(task: &mut Task, topic: &str, partition: i32, offset: i64) -> bool {
         task.apply(topic, partition, offset, 0, &join(&format!("u{offset}")), 1).expect("applies").is_some()
+    }
+
+    /// Every key and value of the task's store but `_c`, in key order.
+    fn contents(task: &mut Task) -> Vec<(Vec<u8>, Vec<u8>)> {
+        task.engine.wait_written().unwrap();
+        let mut all = Vec::new();
+        let mut visit = |k: &[u8], v: &[u8]| {
+            if k != KEY_CHANGELOG {
+                all.push((k.to_vec(), v.to_vec()));
+            }
+            true
+        };
+        task.engine.store().scan(b"", None, &mut visit).unwrap();
+        all
+    }
+
+    /// Commits as the processor does: the batch's changelog records are appended to
+    /// `changelog`, then the batch is written with the changelog offset after them.
+    fn commit_to(task: &mut Task, changelog: &mut Vec<ChangelogRecord>) {
+        if let Some(batch) = task.prepare_commit().unwrap() {
+            for (key, value) in changelog_records(&batch) {
+                changelog.push((changelog.len() as i64, key.clone(), value.clone()));
+            }
+            drop(batch);
+            task.finish_commit(Some(changelog.len() as i64)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_store_restored_from_the_changelog_is_the_tasks_own_with_the_markers_expiry_entries_derived() {
+        let config = EngineConfig { completed_marker_ttl_ms: 1_000, ..EngineConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| Task::open(0, dir.path().join(name), config.clone(), &RocksOptions::default()).unwrap();
+        let restore = |name: &str, changelog: &[ChangelogRecord]| {
+            let mut task = open(name);
+            task.restore(changelog.to_vec()).unwrap();
+            task.finish_restore().unwrap()
+        };
+        let mut task = open("own").finish_restore().unwrap();
+        let mut changelog = Vec::new();
+        let events = [
+            join("u1"),
+            join("u2"),
+            Event::Message { room_id: "r".into(), message_id: "m1".into(), sender_id: "u1".into(), sent_at: 5 },
+            Event::Message { room_id: "r".into(), message_id: "m2".into(), sender_id: "u1".into(), sent_at: 6 },
+            Event::Read {
+                room_id: "r".into(),
+                user_id: "u2".into(),
+                message_id: "m1".into(),
+                read_at: 7,
+                scope: crate::receipts::ReadScope::Message,
+            },
+        ];
+        for (offset, event) in events.iter().enumerate() {
+            assert!(task.apply("t", 0, offset as i64, 0, event, 10).unwrap().is_some());
+        }
+        commit_to(&mut task, &mut changelog);
+        let own = contents(&mut task);
+        let is_entry = |(k, _): &(Vec<u8>, Vec<u8>)| persist::is_marker_expiry_key(k);
+        assert_eq!(own.iter().filter(|w| is_entry(w)).count(), 1, "m1 completed: one marker, one entry");
+        assert!(!changelog.iter().any(|(_, k, _)| persist::is_marker_expiry_key(k)), "no entry in the changelog");
+        assert_eq!(contents(&mut restore("first", &changelog)), own);
+
+        // m1's marker expires: the changelog gets its tombstone, and nothing for its entry.
+        task.tick(2_000).unwrap();
+        commit_to(&mut task, &mut changelog);
+        let own = contents(&mut task);
+        assert!(!own.iter().any(is_entry));
+        // Restored from the whole changelog, the marker's put and its tombstone leave its
+        // entry behind, due already: the first tick drops it.
+        let mut restored = restore("second", &changelog);
+        assert_eq!(contents(&mut restored).into_iter().filter(|w| !is_entry(w)).collect::<Vec<_>>(), own);
+        restored.tick(2_000).unwrap();
+        restored.commit().unwrap();
+        assert_eq!(contents(&mut restored), own);
+        assert_eq!(restored.engine.outcomes().marker_expired, 0, "a stale entry expires nothing");
     }
 
     #[test]
