@@ -516,15 +516,19 @@ mod tests {
         fn mi_is_in_heap_region(p: *const c_void) -> bool;
     }
 
-    /// The option allread sets is mimalloc's purge delay: it reads `MIMALLOC_PURGE_DELAY`, and
-    /// its default is mimalloc 3's 1,000 ms, which no option next to it has (the process under
-    /// test never called `main`).
+    /// `keep_freed_memory` sets mimalloc's purge delay to "never", unless
+    /// `MIMALLOC_PURGE_DELAY` says otherwise. Before it runs, the option is mimalloc 3's
+    /// default, 1,000 ms, which no option next to it has, or the variable's value: so the
+    /// option it sets is the purge delay. (One test: the option is process-wide.)
     #[test]
-    fn the_purge_delay_option_is_the_one_allread_sets() {
-        let expected = std::env::var("MIMALLOC_PURGE_DELAY").map_or(1000, |v| v.parse().expect("a number"));
+    fn allread_keeps_freed_memory_unless_the_variable_says_otherwise() {
+        use super::mimalloc_options::{mi_option_get, PURGE_DELAY};
         // SAFETY: reads an option; mimalloc initialises its options on first use.
-        let value = unsafe { super::mimalloc_options::mi_option_get(super::mimalloc_options::PURGE_DELAY) };
-        assert_eq!(value, expected, "option {} is not mimalloc's purge delay", super::mimalloc_options::PURGE_DELAY);
+        let get = || unsafe { mi_option_get(PURGE_DELAY) };
+        let from_env = std::env::var("MIMALLOC_PURGE_DELAY").ok().map(|v| v.parse().expect("a number"));
+        assert_eq!(get(), from_env.unwrap_or(1000), "option {PURGE_DELAY} is not mimalloc's purge delay");
+        super::keep_freed_memory();
+        assert_eq!(get(), from_env.unwrap_or(-1), "the variable wins; without it, freed memory is kept");
     }
 
     /// librdkafka and RocksDB call `malloc` as C does: with mimalloc's `override` feature that
