@@ -6,7 +6,8 @@
 //! | key | value |
 //! |---|---|
 //! | `r` room `M` | [`MetaV1`]: last seq, next parked-read number |
-//! | `r` room `U` user | [`MemberV1`]: read position `H[u]` |
+//! | `r` room `U` user | [`MemberV1`]: read position `H[u]` (rooms of more than [`PACKED_MEMBERS`]) |
+//! | `r` room `N` | [`MembersV1`]: every member and its read position (rooms of at most [`PACKED_MEMBERS`]) |
 //! | `r` room `P` seq | [`PendingV1`]: a pending message and its reader set `R(m)` |
 //! | `r` room `K` message id | [`ParkedV1`]: reads waiting for that message |
 //! | `c` room message id | [`MarkerV1`]: a finished message (completed / expired / untracked) |
@@ -32,6 +33,7 @@ pub const TAG_EXPIRY: u8 = b'x';
 
 pub const SUB_META: u8 = b'M';
 pub const SUB_MEMBER: u8 = b'U';
+pub const SUB_MEMBERS: u8 = b'N';
 pub const SUB_PENDING: u8 = b'P';
 pub const SUB_PARKED: u8 = b'K';
 
@@ -48,6 +50,18 @@ pub struct MetaV1 {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct MemberV1 {
     pub pos: u64,
+}
+
+/// The most members a room keeps in one [`MembersV1`] value rather than a [`MemberV1`] key
+/// each. A commit writes a room's members again when any of them moved, so one value of all
+/// of them is one record where keys are one per member that moved: in a small room most move
+/// between two commits. Above this, a value of all of them costs more than the keys.
+pub const PACKED_MEMBERS: usize = 32;
+
+/// A small room's members and their read positions, sorted by user.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MembersV1 {
+    pub members: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -154,6 +168,9 @@ pub fn meta_key(room: &str) -> Vec<u8> {
 pub fn member_key(room: &str, user: &str) -> Vec<u8> {
     room_key(room, SUB_MEMBER, user.as_bytes())
 }
+pub fn members_key(room: &str) -> Vec<u8> {
+    room_key(room, SUB_MEMBERS, &[])
+}
 pub fn pending_key(room: &str, seq: u64) -> Vec<u8> {
     room_key(room, SUB_PENDING, &seq.to_be_bytes())
 }
@@ -241,6 +258,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Result<ExpiryEntry<'_>, StoreError> {
 pub enum RoomEntry<'a> {
     Meta,
     Member(&'a str),
+    Members,
     Pending(u64),
     Parked(&'a str),
 }
@@ -253,6 +271,7 @@ pub fn parse_room_suffix<'a>(key: &'a [u8], suffix: &'a [u8]) -> Result<RoomEntr
     Ok(match sub {
         SUB_META => RoomEntry::Meta,
         SUB_MEMBER => RoomEntry::Member(text()?),
+        SUB_MEMBERS if rest.is_empty() => RoomEntry::Members,
         SUB_PENDING => {
             RoomEntry::Pending(u64::from_be_bytes(rest.try_into().map_err(|_| bad("pending key without seq"))?))
         }
@@ -286,6 +305,12 @@ mod tests {
         assert!(decode::<MemberV1>(b"k", &[9, 1]).is_err());
         assert!(decode::<MemberV1>(b"k", &[FORMAT_V1]).is_err());
         assert!(decode::<MemberV1>(b"k", &[FORMAT_V1, 1, 2]).is_err());
+        // A small room's members key has nothing after its kind.
+        let members = members_key("r");
+        let suffix = &members[room_prefix("r").len()..];
+        assert!(matches!(parse_room_suffix(&members, suffix), Ok(RoomEntry::Members)));
+        assert!(parse_room_suffix(b"k", &[SUB_MEMBERS, b'x']).is_err());
+        assert!(parse_room_suffix(b"k", b"?").is_err());
     }
 
     #[test]

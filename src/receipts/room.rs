@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::event::{Id, Millis, ReadScope};
-use super::persist::{self, MemberV1, MetaV1, ParkedReadV1, ParkedV1, PendingV1, RoomEntry};
+use super::persist::{self, MemberV1, MembersV1, MetaV1, ParkedReadV1, ParkedV1, PendingV1, RoomEntry};
 use super::{HashMap, HashSet};
 use crate::store::{KvStore, StoreError, WriteBatch};
 
@@ -77,6 +77,10 @@ pub(crate) struct Room {
     pub listed_dirty: bool,
     /// Whether the room's meta key is in the store.
     pub meta_persisted: bool,
+    /// How the store holds the members: one value of them all (a small room), a key each
+    /// (see [`persist::PACKED_MEMBERS`]), or, with neither, none. Never both.
+    members_packed_stored: bool,
+    members_keyed_stored: bool,
     pub last_used: u64,
     /// The weight counted for this room in the cache at the last commit.
     pub weight: usize,
@@ -120,6 +124,8 @@ impl Room {
             dirty: Dirty::default(),
             listed_dirty: false,
             meta_persisted: false,
+            members_packed_stored: false,
+            members_keyed_stored: false,
             last_used: 0,
             weight: 1,
             recent_markers: VecDeque::new(),
@@ -306,9 +312,15 @@ impl Room {
             }
             RoomEntry::Member(user) => {
                 let m: MemberV1 = persist::decode(key, value)?;
-                let user: Id = user.into();
-                self.by_pos.insert((m.pos, user.clone()));
-                self.members.insert(user, Member { pos: m.pos, listed: false });
+                self.members_keyed_stored = true;
+                self.load_member(user.into(), m.pos);
+            }
+            RoomEntry::Members => {
+                let v: MembersV1 = persist::decode(key, value)?;
+                self.members_packed_stored = true;
+                for (user, pos) in v.members {
+                    self.load_member(user.into(), pos);
+                }
             }
             RoomEntry::Pending(seq) => {
                 let v: PendingV1 = persist::decode(key, value)?;
@@ -351,6 +363,71 @@ impl Room {
         Ok(())
     }
 
+    fn load_member(&mut self, user: Id, pos: u64) {
+        self.by_pos.insert((pos, user.clone()));
+        self.members.insert(user, Member { pos, listed: false });
+    }
+
+    /// Writes the members' changes: a small room's as one value of them all, a larger room's
+    /// as a key per member that changed, and, when a room crosses [`persist::PACKED_MEMBERS`]
+    /// (or was written a key per member by an older version), the one layout in place of the
+    /// other.
+    fn flush_members(&mut self, changed: Vec<Id>, batch: &mut WriteBatch) {
+        let room = &*self.id;
+        if self.members.len() <= persist::PACKED_MEMBERS {
+            let mut rewrite = !changed.is_empty();
+            if self.members_keyed_stored {
+                // Every key still stored: the members', and those of members who left since.
+                let left = changed.iter().filter(|u| !self.members.contains_key(*u));
+                for user in self.members.keys().chain(left) {
+                    batch.delete(persist::member_key(room, user));
+                }
+                self.members_keyed_stored = false;
+                rewrite = true;
+            }
+            for user in &changed {
+                if let Some(m) = self.members.get_mut(user) {
+                    m.listed = false;
+                }
+            }
+            if !rewrite {
+                return;
+            }
+            if self.members.is_empty() {
+                if self.members_packed_stored {
+                    batch.delete(persist::members_key(room));
+                    self.members_packed_stored = false;
+                }
+                return;
+            }
+            let mut members: Vec<(String, u64)> = self.members.iter().map(|(u, m)| (u.to_string(), m.pos)).collect();
+            members.sort_unstable();
+            batch.put(persist::members_key(room), persist::encode(&MembersV1 { members }));
+            self.members_packed_stored = true;
+        } else if self.members_packed_stored {
+            // Grown past a value of them all: a key each, for every member.
+            batch.delete(persist::members_key(room));
+            self.members_packed_stored = false;
+            for (user, m) in self.members.iter_mut() {
+                m.listed = false;
+                batch.put(persist::member_key(room, user), persist::encode(&MemberV1 { pos: m.pos }));
+            }
+            self.members_keyed_stored = true;
+        } else {
+            for user in changed {
+                match self.members.get_mut(&user) {
+                    Some(m) if m.listed => {
+                        m.listed = false;
+                        batch.put(persist::member_key(room, &user), persist::encode(&MemberV1 { pos: m.pos }));
+                        self.members_keyed_stored = true;
+                    }
+                    Some(_) => {} // listed twice (left and joined again): written already
+                    None => batch.delete(persist::member_key(room, &user)),
+                }
+            }
+        }
+    }
+
     /// Writes what changed since the last commit into `batch` and marks it all persisted.
     pub fn flush_into(&mut self, batch: &mut WriteBatch) {
         let dirty = std::mem::take(&mut self.dirty);
@@ -370,16 +447,8 @@ impl Room {
             batch.put(persist::meta_key(room), persist::encode(&meta));
             self.meta_persisted = true;
         }
-        for user in dirty.members {
-            match self.members.get_mut(&user) {
-                Some(m) if m.listed => {
-                    m.listed = false;
-                    batch.put(persist::member_key(room, &user), persist::encode(&MemberV1 { pos: m.pos }));
-                }
-                Some(_) => {} // listed twice (left and joined again): written already
-                None => batch.delete(persist::member_key(room, &user)),
-            }
-        }
+        self.flush_members(dirty.members, batch);
+        let room = &*self.id;
         for (seq, on_disk) in dirty.pending {
             let key = persist::pending_key(room, seq);
             match self.pending.get_mut(&seq) {
@@ -434,6 +503,101 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// Commits the room's changes to `store`; returns the batch.
+    fn flush(room: &mut Room, store: &mut MemoryStore) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        room.flush_into(&mut batch);
+        store.write(&batch).unwrap();
+        batch
+    }
+
+    /// The room's member keys in the store: per-member keys' users, and the packed value's.
+    fn stored_members(store: &MemoryStore, room: &str) -> (Vec<String>, Option<Vec<(String, u64)>>) {
+        let prefix = persist::room_prefix(room);
+        let mut keyed = Vec::new();
+        let mut packed = None;
+        for (k, v) in store.entries() {
+            match k.strip_prefix(prefix.as_slice()).map(|suffix| persist::parse_room_suffix(k, suffix).unwrap()) {
+                Some(RoomEntry::Member(user)) => keyed.push(user.to_string()),
+                Some(RoomEntry::Members) => packed = Some(persist::decode::<MembersV1>(k, v).unwrap().members),
+                _ => {}
+            }
+        }
+        (keyed, packed)
+    }
+
+    fn positions(room: &Room) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = room.members.iter().map(|(u, m)| (u.to_string(), m.pos)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_small_room_stores_its_members_as_one_value_and_a_large_room_a_key_each() {
+        let mut store = MemoryStore::new();
+        let mut room = Room::new("r".into());
+        let user = |i: usize| -> Id { format!("u{i:03}").into() };
+        for i in 0..3 {
+            room.add_member(user(i), 0);
+        }
+        let batch = flush(&mut room, &mut store);
+        assert_eq!(batch.len(), 1, "one record for three new members");
+        room.set_pos(&user(1), 4);
+        room.set_pos(&user(2), 5);
+        assert_eq!(flush(&mut room, &mut store).len(), 1, "one record for two moves");
+        let want = vec![("u000".to_string(), 0), ("u001".to_string(), 4), ("u002".to_string(), 5)];
+        assert_eq!(stored_members(&store, "r"), (vec![], Some(want.clone())));
+        assert_eq!(positions(&Room::load(&store, "r".into()).unwrap()), want);
+        assert!(flush(&mut room, &mut store).is_empty(), "nothing moved: nothing written");
+
+        // Past the bound: a key each, for every member, and the value goes.
+        for i in 3..=persist::PACKED_MEMBERS {
+            room.add_member(user(i), 5);
+        }
+        let batch = flush(&mut room, &mut store);
+        assert_eq!(batch.len(), persist::PACKED_MEMBERS + 2, "a key per member and the value's delete");
+        let (keyed, packed) = stored_members(&store, "r");
+        assert_eq!((keyed.len(), packed), (persist::PACKED_MEMBERS + 1, None));
+        room.set_pos(&user(0), 5);
+        assert_eq!(flush(&mut room, &mut store).len(), 1, "a large room writes only who moved");
+        assert_eq!(positions(&Room::load(&store, "r".into()).unwrap()), positions(&room));
+
+        // Back to the bound: the keys go, the value comes back.
+        room.remove_member(&user(7));
+        flush(&mut room, &mut store);
+        let (keyed, packed) = stored_members(&store, "r");
+        assert!(keyed.is_empty(), "no member key left: {keyed:?}");
+        assert_eq!(packed.map(|m| m.len()), Some(persist::PACKED_MEMBERS));
+        let loaded = Room::load(&store, "r".into()).unwrap();
+        assert_eq!(positions(&loaded), positions(&room));
+
+        // The last member leaves: the value goes.
+        let mut room = loaded;
+        for i in 0..=persist::PACKED_MEMBERS {
+            room.remove_member(&user(i));
+        }
+        flush(&mut room, &mut store);
+        assert_eq!(stored_members(&store, "r"), (vec![], None));
+    }
+
+    #[test]
+    fn a_small_room_stored_a_key_per_member_is_stored_packed_at_its_next_commit() {
+        // As an older version wrote it.
+        let mut store = MemoryStore::new();
+        let mut batch = WriteBatch::new();
+        for (user, pos) in [("a", 1), ("b", 2), ("gone", 0)] {
+            batch.put(persist::member_key("r", user), persist::encode(&MemberV1 { pos }));
+        }
+        store.write(&batch).unwrap();
+        let mut room = Room::load(&store, "r".into()).unwrap();
+        room.remove_member(&"gone".into());
+        flush(&mut room, &mut store);
+        let want = vec![("a".to_string(), 1), ("b".to_string(), 2)];
+        assert_eq!(stored_members(&store, "r"), (vec![], Some(want.clone())));
+        assert_eq!(positions(&Room::load(&store, "r".into()).unwrap()), want);
+    }
 
     #[test]
     fn a_room_remembers_its_latest_markers_and_forgets_the_oldest_and_the_expired() {
