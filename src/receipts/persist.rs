@@ -6,7 +6,7 @@
 //! | key | value |
 //! |---|---|
 //! | `r` room `M` | [`MetaV1`]: last seq, next parked-read number |
-//! | `r` room `U` user | [`MemberV1`]: read position `H[u]` (rooms of more than [`PACKED_MEMBERS`]) |
+//! | `r` room `U` user | [`MemberV1`]: read position `H[u]` (rooms of more than [`PACKED_MEMBERS`]; a smaller room's only as an earlier version wrote them, until its next commit) |
 //! | `r` room `N` | [`MembersV1`]: every member and its read position (rooms of at most [`PACKED_MEMBERS`]) |
 //! | `r` room `P` seq | [`PendingV1`]: a pending message and its reader set `R(m)` |
 //! | `r` room `K` message id | [`ParkedV1`]: reads waiting for that message |

@@ -1,7 +1,8 @@
 //! One room's state as the engine keeps it in memory, and its mapping to stored keys.
 //!
 //! A room is loaded with one prefix scan and written back, key by key, only where it changed
-//! (`Dirty`), when the caller commits. The in-memory indexes (`by_pos`, `pending_ids`,
+//! (`Dirty`), when the caller commits; a small room's members are one key, written whole when
+//! any of them changed (see `flush_members`). The in-memory indexes (`by_pos`, `pending_ids`,
 //! `with_readers`, `parked_by_user`) are derived on load and never stored.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -45,7 +46,7 @@ pub(crate) struct Member {
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
     pub meta: bool,
-    /// Members whose key changed: a list, not a set, so that a read moving a position costs
+    /// Members who joined, left or moved: a list, not a set, so that a read moving a position costs
     /// no hashing (`Member::listed` keeps a member from being listed twice while it stays).
     /// A member that left and joined again may be listed twice; `flush_into` writes it once.
     pub members: Vec<Id>,
