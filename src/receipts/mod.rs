@@ -2,7 +2,7 @@
 //!
 //! - [`event`]: decoded inputs and the `receipt_complete` output.
 //! - [`engine`]: the rules, with an in-memory room cache over a [`KvStore`](crate::store::KvStore).
-//! - [`room`]: one room's in-memory state and its stored keys.
+//! - `room`: one room's in-memory state and its stored keys.
 //! - [`persist`]: key layout and versioned `bincode` values.
 //! - [`view`]: the query views (readers of a message, unread counts, frontier).
 //! - [`config`], [`outcome`]: retention settings and the counts of non-completion outcomes.
