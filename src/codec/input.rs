@@ -328,12 +328,16 @@ thread_local! {
     static ID_CACHE: RefCell<Vec<Option<Id>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `s` as an [`Id`], shared with the last record on this thread that named it, if it is
-/// still cached: the records of a busy room, its users and a message's reads then share one
-/// allocation of each id instead of allocating and freeing one per record. The cache is
-/// direct-mapped (an id's hash picks its slot; a new id takes the slot over), so its memory
-/// is bounded (16,384 ids) however many ids there are, and a miss costs one hash more.
+/// `s` as an [`Id`]. A short one is inline (see [`crate::receipts::id::INLINE`]). A longer
+/// one is shared with the last record on this thread that named it, if it is still cached:
+/// the records of a busy room, its users and a message's reads then share one allocation of
+/// each id instead of allocating and freeing one per record. The cache is direct-mapped (an
+/// id's hash picks its slot; a new id takes the slot over), so its memory is bounded (16,384
+/// ids) however many ids there are, and a miss costs one hash more.
 fn shared_id(s: &str) -> Id {
+    if s.len() <= crate::receipts::id::INLINE {
+        return Id::new(s);
+    }
     const STATE: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x05ee_d1d5);
     let slot = STATE.hash_one(s) as usize & (ID_CACHE_SLOTS - 1);
     ID_CACHE.with_borrow_mut(|slots| {
@@ -341,7 +345,7 @@ fn shared_id(s: &str) -> Id {
             slots.resize(ID_CACHE_SLOTS, None);
         }
         match &slots[slot] {
-            Some(id) if **id == *s => id.clone(),
+            Some(id) if id.as_str() == s => id.clone(),
             _ => {
                 let id = Id::from(s);
                 slots[slot] = Some(id.clone());
@@ -447,21 +451,27 @@ mod tests {
     }
 
     #[test]
-    fn ids_seen_lately_share_one_copy_and_every_id_reads_as_itself() {
+    fn long_ids_seen_lately_share_one_copy_short_ones_are_inline_and_every_id_reads_as_itself() {
+        const LONG: DecodeLimits = DecodeLimits { max_record_bytes: 1024, max_id_bytes: 64 };
         let read = |room: &str, user: &str, message: &str| {
             let json = format!(r#"{{"room_id":"{room}","user_id":"{user}","message_id":"{message}","read_at":1}}"#);
-            match decode_read_event(json.as_bytes(), &L).unwrap() {
+            match decode_read_event(json.as_bytes(), &LONG).unwrap() {
                 Event::Read { room_id, user_id, message_id, .. } => (room_id, user_id, message_id),
                 other => panic!("{other:?}"),
             }
         };
-        let (room, user, message) = read("r1", "u1", "m1");
-        let (room2, user2, message2) = read("r1", "u1", "m1");
+        // 36 characters each, as UUIDs.
+        let long = |c: &str| c.repeat(36);
+        let (room, user, message) = read(&long("r"), &long("u"), &long("m"));
+        let (room2, user2, message2) = read(&long("r"), &long("u"), &long("m"));
         assert!(Id::ptr_eq(&room, &room2) && Id::ptr_eq(&user, &user2) && Id::ptr_eq(&message, &message2));
+        let (room, user, message) = read("r1", "u1", "m1");
+        assert!(room.is_inline() && user.is_inline() && message.is_inline());
         // Far more ids than slots: every slot is taken over many times, and no id ever reads as
-        // the one it displaced.
+        // the one it displaced; short and long ids alike.
         for i in 0..3 * ID_CACHE_SLOTS {
-            let (r, u, m) = (format!("r{}", i % 1000), format!("u{i}"), format!("m{}", i / 3));
+            let pad = if i % 2 == 0 { "" } else { "-0123456789abcdef0123456789" };
+            let (r, u, m) = (format!("r{}{pad}", i % 1000), format!("u{i}{pad}"), format!("m{}{pad}", i / 3));
             let (room, user, message) = read(&r, &u, &m);
             assert_eq!((&*room, &*user, &*message), (r.as_str(), u.as_str(), m.as_str()));
         }

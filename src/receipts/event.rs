@@ -1,13 +1,10 @@
 //! The engine's inputs and outputs, already decoded: no JSON, no Kafka.
 
-use std::sync::Arc;
+pub use super::id::Id;
 
 /// Milliseconds since the Unix epoch (UTC). Every time the engine sees is one of these,
 /// supplied by the caller: the engine never reads a clock.
 pub type Millis = i64;
-
-/// Ids are shared between the engine's maps, so they are reference-counted strings.
-pub type Id = Arc<str>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadScope {

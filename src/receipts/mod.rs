@@ -1,6 +1,6 @@
 //! The receipt domain: spec rules as a pure engine (`../shared/spec/receipts.md`).
 //!
-//! - [`event`]: decoded inputs and the `receipt_complete` output.
+//! - [`event`]: decoded inputs and the `receipt_complete` output; [`id`]: their ids.
 //! - [`engine`]: the rules, with an in-memory room cache over a [`KvStore`](crate::store::KvStore).
 //! - `room`: one room's in-memory state and its stored keys.
 //! - [`persist`]: key layout and versioned `bincode` values.
@@ -12,6 +12,7 @@
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod id;
 pub mod outcome;
 pub mod persist;
 mod room;
