@@ -702,18 +702,24 @@ impl Processor {
     /// Records bound for task `partition`, which is here and whose lane is open -> the task.
     /// Takes them out of `records`.
     fn apply_local(&mut self, partition: i32, records: &mut Vec<Bound>, now: Millis) -> Result<(), RuntimeError> {
-        for b in records.drain(..) {
+        // Read in place and dropped together after: moving each record out of the vector
+        // copied it (over a hundred bytes) once more.
+        let applied = records.iter().try_for_each(|b| {
             let task = self.tasks.get_mut(&partition).expect("a lane opens only for a task held here");
             let applied = task
                 .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), &b.event, now)
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
             self.metrics.shortcut.inc();
             match applied {
-                Some(applied) => self.emit(applied, now)?,
-                None => self.metrics.duplicates_skipped.inc(),
+                Some(applied) => self.emit(applied, now),
+                None => {
+                    self.metrics.duplicates_skipped.inc();
+                    Ok(())
+                }
             }
-        }
-        Ok(())
+        });
+        records.clear();
+        applied
     }
 
     /// The records routing staged for local tasks in this batch -> their tasks, task by task
