@@ -28,6 +28,7 @@ pub struct Id(Repr);
 
 /// Byte 15 tells the two apart: `0x80 | len` when inline; when shared it is the top byte of
 /// the length, little-endian, so 0 (an id is far shorter than 2^56 bytes).
+#[derive(Clone, Copy)]
 #[repr(C)]
 union Repr {
     /// The id's bytes, then zeros, then the tag: two inline ids are equal when these are.
@@ -123,8 +124,7 @@ impl Clone for Id {
             // SAFETY: the pointer came from `Arc::into_raw` and this `Id` holds a count.
             unsafe { Arc::increment_strong_count(shared) };
         }
-        // SAFETY: copying the 16 bytes copies either field whole.
-        Id(Repr { shared: unsafe { self.0.shared } })
+        Id(self.0)
     }
 }
 
