@@ -324,7 +324,7 @@ fn id(field: &'static str, v: &Field<'_>, limits: &DecodeLimits) -> Result<Optio
 const ID_CACHE_SLOTS: usize = 1 << 14;
 
 thread_local! {
-    /// Ids decoded lately on this thread (see [`shared_id`]); empty until first used.
+    /// Long ids decoded lately on this thread (see [`shared_id`]); empty until first used.
     static ID_CACHE: RefCell<Vec<Option<Id>>> = const { RefCell::new(Vec::new()) };
 }
 
