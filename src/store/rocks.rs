@@ -295,6 +295,9 @@ impl KvStore for RocksStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let mut ro = rocksdb::ReadOptions::default();
+        // A range, not one room's keys: ordered across every prefix, whatever the prefix
+        // extractor (without this, RocksDB may skip keys past the first prefix).
+        ro.set_total_order_seek(true);
         if let Some(to) = to {
             ro.set_iterate_upper_bound(to.to_vec());
         }
