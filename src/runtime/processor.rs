@@ -737,10 +737,10 @@ impl Processor {
             if self.staged[p].is_empty() {
                 continue;
             }
-            // Taken out and put back emptied, so that its capacity serves the next batch.
+            // Taken out and put back emptied (`apply_local` empties it), so that its capacity
+            // serves the next batch.
             let mut records = std::mem::take(&mut self.staged[p]);
             let applied = self.apply_local(p as i32, &mut records, now);
-            records.clear();
             self.staged[p] = records;
             applied?;
         }
