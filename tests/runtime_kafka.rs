@@ -107,6 +107,7 @@ fn the_spec_worked_example_end_to_end() {
         (r#"allread_engine_outcomes_total{outcome="read_applied"}"#, 2.0),
         ("allread_dead_lettered_records_total", 0.0),
         ("allread_message_to_receipt_seconds_count", 2.0),
+        ("allread_last_read_to_receipt_seconds_count", 2.0),
         ("allread_tasks", 4.0),
         // Nothing waits once everything is applied.
         ("allread_fetched_input_records", 0.0),
