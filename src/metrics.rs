@@ -5,7 +5,8 @@
 //! number. Room and user ids never become labels.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::receipts::Outcomes;
@@ -69,6 +70,10 @@ pub struct Metrics {
     pub buffered_inputs: IntGauge,
     /// Routed records held until their task's repartition partition is caught up.
     pub held_records: IntGauge,
+    /// CPU time of the processing thread (polling, routing, applying, emitting, committing),
+    /// as Linux accounts it per thread; added every tick. A rate near 1 means that thread is
+    /// what limits the instance (`process_cpu_seconds_total` counts every thread).
+    pub processing_cpu: Counter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -270,6 +275,15 @@ impl Metrics {
                 "allread_held_records",
                 "Routed records held until their task's repartition partition is caught up (the local shortcut).",
             ),
+            processing_cpu: {
+                let c = Counter::new(
+                    "allread_processing_thread_cpu_seconds_total",
+                    "CPU seconds of the processing thread (a rate near 1: the thread limits the instance).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
             registry: r,
         };
         // Process RSS, CPU seconds and open file descriptors.

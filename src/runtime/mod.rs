@@ -253,7 +253,13 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
         dead_lettered: p.metrics.dead_lettered.get(),
         outcomes: p.outcomes(),
     };
-    info!(routed = report.routed, receipts = report.receipts, dead_lettered = report.dead_lettered, "allread stopped");
+    info!(
+        routed = report.routed,
+        receipts = report.receipts,
+        dead_lettered = report.dead_lettered,
+        processing_cpu_s = format!("{:.3}", p.metrics.processing_cpu.get()),
+        "allread stopped"
+    );
     result.map(|()| report)
 }
 
@@ -321,6 +327,7 @@ fn process_until(
     let mut more_ready = false;
     // A commit's transaction is being completed: poll briefly, to route soon after it is.
     let mut committing = false;
+    let mut cpu = ThreadCpu::start();
     while !shutdown.load(Ordering::Relaxed) {
         // Poll without holding the lock: rebalance callbacks take it. What a failed round left
         // is dropped: the rewind reads it again.
@@ -376,6 +383,7 @@ fn process_until(
         if failed.is_none() && p.last_tick.elapsed() >= tick_every && !p.commit_in_flight() {
             p.metrics.fetched_inputs.set(i64::try_from(records.len()).unwrap_or(i64::MAX));
             failed = p.tick(consumer).err();
+            cpu.add_to(&p.metrics.processing_cpu);
             ticks += 1;
             if ticks.is_multiple_of(5) {
                 p.update_lag(consumer);
@@ -406,7 +414,34 @@ fn process_until(
             }
         }
     }
+    cpu.add_to(&lock(processor).metrics.processing_cpu);
     Ok(())
+}
+
+/// The CPU time of the calling thread, as `/proc/thread-self/schedstat` gives it (Linux),
+/// added to a counter since the last time.
+struct ThreadCpu {
+    last: f64,
+}
+
+impl ThreadCpu {
+    fn start() -> Self {
+        ThreadCpu { last: thread_cpu_seconds().unwrap_or(0.0) }
+    }
+
+    fn add_to(&mut self, counter: &prometheus::Counter) {
+        if let Some(now) = thread_cpu_seconds() {
+            counter.inc_by((now - self.last).max(0.0));
+            self.last = now;
+        }
+    }
+}
+
+/// Seconds the calling thread has run on a CPU; `None` where the kernel does not say.
+fn thread_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
 }
 
 /// Locks `<state_dir>/<application_id>` for this process (two processes sharing task stores
@@ -492,5 +527,28 @@ mod tests {
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("250"), "kafka.* wins");
         assert_eq!(c.get("fetch.max.bytes"), Some("52428800"), "kafka.* wins");
         assert_eq!(c.get("fetch.min.bytes"), Some("1"), "kafka.* wins");
+    }
+
+    #[test]
+    fn the_processing_cpu_counts_the_calling_threads_work_only() {
+        let busy = |for_: Duration| {
+            let start = Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < for_ {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        };
+        let counter = prometheus::Counter::new("t", "t").unwrap();
+        let mut cpu = ThreadCpu::start();
+        // Another thread's work: this one waits for it.
+        std::thread::spawn(move || busy(Duration::from_millis(300))).join().unwrap();
+        cpu.add_to(&counter);
+        let waited = counter.get();
+        busy(Duration::from_millis(300));
+        cpu.add_to(&counter);
+        let worked = counter.get() - waited;
+        assert!(waited < 0.05, "{waited} s counted while another thread worked");
+        // Tests run in parallel on two cores: at least a sixth of the wall time on a CPU.
+        assert!(worked > 0.05, "{worked} s counted for 0.3 s of work");
     }
 }
