@@ -120,6 +120,8 @@ fn the_spec_worked_example_end_to_end() {
     let routed = common::metric(&text, "allread_routed_records_total").unwrap_or(-1.0);
     let shortcut = common::metric(&text, "allread_shortcut_records_total").unwrap_or(-1.0);
     assert_eq!(routed + shortcut, 9.0, "routed {routed}, shortcut {shortcut}");
+    let busy = common::metric(&text, "allread_processing_thread_cpu_seconds_total").unwrap_or(-1.0);
+    assert!(busy > 0.0, "the processing thread's CPU is counted every tick: {busy}");
     assert!(!text.contains("12345"), "a room id became a metric label");
     let task = allread::kafka::partitioner::partition_for(b"12345", 4);
     assert_eq!(
