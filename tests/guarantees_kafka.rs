@@ -238,6 +238,58 @@ fn a_deleted_state_directory_is_restored_from_the_changelog() {
 }
 
 #[test]
+fn a_pending_message_restored_from_the_changelog_still_expires() {
+    // The changelog leaves out a pending message's expiry index entry: a restore derives it
+    // from the pending message, or the message would wait for its readers forever.
+    const TTL: Duration = Duration::from_secs(10);
+    let s = Setup::new("pending-restore");
+    let chat = Chat::new(&s.bootstrap);
+    let room = "room0";
+    common::create_topic(&s.bootstrap, &s.room_topic(room), 1);
+    for u in ["u0", "u1", "u2"] {
+        chat.json(&s.room_topic(room), room, &common::workload::join(u));
+    }
+    // m1 completes; m2 waits for u2, who never reads it.
+    chat.json(&s.room_topic(room), room, &common::workload::message("m1", "u0"));
+    chat.json(&s.room_topic(room), room, &common::workload::message("m2", "u0"));
+    for (u, m) in [("u1", "m1"), ("u2", "m1"), ("u1", "m2")] {
+        chat.json(&s.read_topic, room, &read(room, u, m));
+    }
+    chat.flush();
+    let config = |extra: &str| s.config(&format!("{extra}\n[engine]\npending_message_ttl_ms = {}\n", TTL.as_millis()));
+    let first = Allread::start(&config(""), &s.dir.path().join("allread-0.log"));
+    let started = Instant::now();
+    let status =
+        |m: &str| common::try_http_json(s.http_port, &format!("/rooms/{room}/messages/{m}")).1["status"].clone();
+    while status("m2") != "pending" || status("m1") != "complete" {
+        assert!(started.elapsed() < WAIT, "m1 never completed, or m2 never pending: {}", first.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(first.terminate(Duration::from_secs(30)).success());
+    assert!(started.elapsed() < TTL, "stopped after m2's deadline: the test proves nothing (a slow machine?)");
+
+    std::fs::remove_dir_all(s.dir.path().join("state")).unwrap();
+    let second = Allread::start(&config(""), &s.dir.path().join("allread-1.log"));
+    let expired = || {
+        let (_, metrics) = common::http_get(s.http_port, "/metrics").unwrap_or_default();
+        metric(&metrics, "allread_engine_outcomes_total{outcome=\"pending_expired\"}")
+    };
+    while expired() != Some(1.0) {
+        assert!(
+            started.elapsed() < TTL + Duration::from_secs(30),
+            "m2 never expired after the restore: {}",
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(started.elapsed() >= TTL, "expired before its deadline");
+    assert_eq!(status("m2"), "expired");
+    assert_eq!(status("m1"), "complete");
+    let (_, metrics) = common::http_get(s.http_port, "/metrics").unwrap();
+    assert!(metric(&metrics, "allread_restored_records_total").unwrap() > 0.0, "restored from the changelog");
+}
+
+#[test]
 fn two_then_three_instances_one_stopped_one_killed_give_exactly_the_expected_receipts() {
     let s = Setup::new("scale");
     let w = Workload::new(16, 1_500, 9);

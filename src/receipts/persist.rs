@@ -201,28 +201,49 @@ pub fn expiry_key(at: Millis, kind: u8, room: &str, id: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Whether `key` is a marker's expiry index entry. Those entries are derived state: each
-/// follows from the `expire_at` of the marker it indexes. So they stay out of the changelog
-/// (where they were nearly half of its records: a marker and its entry for every message), and
-/// a restore writes each beside its marker ([`derived_expiry_entry`]).
-pub fn is_marker_expiry_key(key: &[u8]) -> bool {
-    key.len() > 9 && key[0] == TAG_EXPIRY && key[9] == EXPIRE_MARKER
+/// Whether `key` is an expiry index entry that is derived state: a finished message's marker's
+/// (kind `C`) or a pending message's (kind `P`). Each follows from the `expire_at` of the value
+/// it indexes, which never changes while that value lives. So they stay out of the changelog
+/// (where a marker's and a pending message's entries were nearly half of its records), and a
+/// restore writes each beside its value ([`derived_expiry_entry`]). A parked read's entry (`K`)
+/// is not derived: a parked key holds a changing set of reads, each with its own entry.
+pub fn is_derived_expiry_key(key: &[u8]) -> bool {
+    key.len() > 9 && key[0] == TAG_EXPIRY && matches!(key[9], EXPIRE_MARKER | EXPIRE_PENDING)
 }
 
-/// The expiry index entry that a restored record implies: for a marker, its entry; for a
-/// tombstone or any other key, none. A marker is only ever deleted once it has expired, so
-/// the entry of a marker that a later record deletes is due already: the next tick finds no
-/// marker expiring at that time and drops the entry, as it drops any entry gone stale.
-pub fn derived_expiry_entry(key: &[u8], value: Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
-    let (Some(&TAG_MARKER), Some(value)) = (key.first(), value) else {
-        return Ok(None);
-    };
-    let bad = || StoreError::corrupt(key, "malformed marker key");
-    let len = u16::from_be_bytes([*key.get(1).ok_or_else(bad)?, *key.get(2).ok_or_else(bad)?]) as usize;
-    let room = key.get(3..3 + len).ok_or_else(bad)?;
-    let room = std::str::from_utf8(room).map_err(|_| bad())?;
-    let marker: MarkerV1 = decode(key, value)?;
-    Ok(Some(expiry_key(marker.expire_at, EXPIRE_MARKER, room, &key[3 + len..])))
+/// Whether `key` is a pending message's (`r` room `P` seq), whose expiry entry a restore
+/// derives, and deletes with it.
+pub fn is_pending_key(key: &[u8]) -> bool {
+    room_prefix_len(key).is_some_and(|len| key.get(len) == Some(&SUB_PENDING))
+}
+
+/// The expiry index entry that a stored value implies: a marker's, or a pending message's;
+/// for any other key, none. A marker is only ever deleted once it has expired, so the entry of
+/// a marker that a later record deletes is due already: the next tick finds no marker expiring
+/// at that time and drops the entry, as it drops any entry gone stale. A pending message's
+/// entry must go with it (a restore looks up the value it deletes: see `Task::restore`).
+pub fn derived_expiry_entry(key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    match key.first() {
+        Some(&TAG_MARKER) => {
+            let bad = || StoreError::corrupt(key, "malformed marker key");
+            let len = u16::from_be_bytes([*key.get(1).ok_or_else(bad)?, *key.get(2).ok_or_else(bad)?]) as usize;
+            let room = key.get(3..3 + len).ok_or_else(bad)?;
+            let room = std::str::from_utf8(room).map_err(|_| bad())?;
+            let marker: MarkerV1 = decode(key, value)?;
+            Ok(Some(expiry_key(marker.expire_at, EXPIRE_MARKER, room, &key[3 + len..])))
+        }
+        Some(&TAG_ROOM) if is_pending_key(key) => {
+            let len = room_prefix_len(key).expect("a room key");
+            let room = std::str::from_utf8(&key[3..len]).map_err(|_| StoreError::corrupt(key, "room is not UTF-8"))?;
+            let seq = &key[len + 1..];
+            if seq.len() != 8 {
+                return Err(StoreError::corrupt(key, "pending key without seq"));
+            }
+            let pending: PendingV1 = decode(key, value)?;
+            Ok(Some(expiry_key(pending.expire_at, EXPIRE_PENDING, room, seq)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The first key past every expiry entry due at or before `now`.
@@ -325,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn a_markers_expiry_entry_is_derived_from_the_marker() {
+    fn a_markers_and_a_pending_messages_expiry_entries_are_derived_from_their_values() {
         let marker = MarkerV1 {
             seq: 4,
             state: MarkerState::Completed,
@@ -336,16 +357,38 @@ mod tests {
             required: 2,
         };
         let key = marker_key("room-1", "m7");
-        let entry = derived_expiry_entry(&key, Some(&encode(&marker))).unwrap().unwrap();
+        let entry = derived_expiry_entry(&key, &encode(&marker)).unwrap().unwrap();
         assert_eq!(entry, expiry_key(1_000, EXPIRE_MARKER, "room-1", b"m7"));
-        assert!(is_marker_expiry_key(&entry));
-        assert!(!is_marker_expiry_key(&expiry_key(1_000, EXPIRE_PENDING, "room-1", &4u64.to_be_bytes())));
-        assert!(!is_marker_expiry_key(&key));
-        assert_eq!(derived_expiry_entry(&key, None).unwrap(), None, "a tombstone implies nothing");
+        assert!(is_derived_expiry_key(&entry));
+        assert!(!is_derived_expiry_key(&key));
+
+        let pending = PendingV1 {
+            message_id: "m8".into(),
+            sender_id: "bob".into(),
+            sent_at: 8,
+            required: 3,
+            expire_at: 2_000,
+            readers: vec!["carol".into()],
+        };
+        let pkey = pending_key("room-1", 5);
+        assert!(is_pending_key(&pkey));
+        let entry = derived_expiry_entry(&pkey, &encode(&pending)).unwrap().unwrap();
+        assert_eq!(entry, expiry_key(2_000, EXPIRE_PENDING, "room-1", &5u64.to_be_bytes()));
+        assert!(is_derived_expiry_key(&entry));
+
+        // A parked read's entry is not derived; nor is anything for other keys.
+        assert!(!is_derived_expiry_key(&expiry_key(1_000, EXPIRE_PARKED, "room-1", b"m7")));
         let member = encode(&MemberV1 { pos: 3 });
-        assert_eq!(derived_expiry_entry(&member_key("room-1", "u"), Some(&member)).unwrap(), None);
-        assert!(derived_expiry_entry(&key, Some(&member)).is_err(), "a marker key holding something else");
-        assert!(derived_expiry_entry(&[TAG_MARKER, 0, 9, b'r'], Some(&encode(&marker))).is_err());
+        for other in [member_key("room-1", "u"), meta_key("room-1"), members_key("room-1"), parked_key("room-1", "m7")]
+        {
+            assert!(!is_pending_key(&other));
+            assert_eq!(derived_expiry_entry(&other, &member).unwrap(), None);
+        }
+        assert!(derived_expiry_entry(&key, &member).is_err(), "a marker key holding something else");
+        assert!(derived_expiry_entry(&pkey, &member).is_err(), "a pending key holding something else");
+        assert!(derived_expiry_entry(&[TAG_MARKER, 0, 9, b'r'], &encode(&marker)).is_err());
+        let short = room_key("room-1", SUB_PENDING, &[1, 2]);
+        assert!(derived_expiry_entry(&short, &encode(&pending)).is_err(), "a pending key without its seq");
     }
 
     #[test]

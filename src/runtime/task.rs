@@ -9,10 +9,11 @@
 //! - `_c`: the next changelog offset, i.e. how much of the task's changelog partition the
 //!   local state reflects (local only: it is not itself in the changelog).
 //!
-//! Every write of a commit but `_c` and the markers' expiry index entries is also a changelog
-//! record (key = store key, value = the value, or a tombstone for a delete), so replaying the
-//! changelog from `_c` onwards brings any older copy of the store, or an empty one, to the
-//! latest committed state: a restore writes each marker's expiry entry beside it (see
+//! Every write of a commit but `_c` and the expiry index entries of markers and pending messages
+//! is also a changelog record (key = store key, value = the value, or a tombstone for a delete),
+//! so replaying the changelog from `_c` onwards brings any older copy of the store, or an empty
+//! one, to the latest committed state: a restore writes each marker's and each pending
+//! message's expiry entry beside it, and deletes a pending message's with it (see
 //! `persist::derived_expiry_entry`).
 
 use std::path::PathBuf;
@@ -37,10 +38,10 @@ struct TopicPositions {
 /// A changelog record: its offset, the store key, and the value (`None`: a tombstone).
 pub type ChangelogRecord = (i64, Vec<u8>, Option<Vec<u8>>);
 
-/// The writes of a commit's batch that are changelog records, in order: all but the markers'
-/// expiry index entries, which a restore derives.
+/// The writes of a commit's batch that are changelog records, in order: all but the expiry
+/// index entries of markers and pending messages, which a restore derives.
 pub fn changelog_records(batch: &WriteBatch) -> impl Iterator<Item = &Write> + Clone {
-    batch.writes.iter().filter(|(key, _)| !persist::is_marker_expiry_key(key))
+    batch.writes.iter().filter(|(key, _)| !persist::is_derived_expiry_key(key))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,16 +297,41 @@ impl Task {
         let Some(last) = records.last().map(|r| r.0) else {
             return Ok(());
         };
+        let store = self.engine.store_mut()?;
         let mut batch = WriteBatch::new();
         batch.writes.reserve(records.len() + 1);
+        // The entry each pending message's latest value in this batch implies (`None`: deleted
+        // in this batch), so that its tombstone deletes the entry without a read of the store.
+        let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::default();
         for (_, key, value) in records {
-            if let Some(entry) = persist::derived_expiry_entry(&key, value.as_deref())? {
-                batch.writes.push((entry, Some(Vec::new())));
+            match &value {
+                Some(v) => {
+                    let entry = persist::derived_expiry_entry(&key, v)?;
+                    if let Some(entry) = &entry {
+                        batch.writes.push((entry.clone(), Some(Vec::new())));
+                    }
+                    if persist::is_pending_key(&key) {
+                        pending.insert(key.clone(), entry);
+                    }
+                }
+                None if persist::is_pending_key(&key) => {
+                    let entry = match pending.insert(key.clone(), None) {
+                        Some(entry) => entry,
+                        None => match store.get(&key)? {
+                            Some(v) => persist::derived_expiry_entry(&key, &v)?,
+                            None => None,
+                        },
+                    };
+                    if let Some(entry) = entry {
+                        batch.writes.push((entry, None));
+                    }
+                }
+                None => {}
             }
             batch.writes.push((key, value));
         }
         batch.put(KEY_CHANGELOG.to_vec(), (last + 1).to_be_bytes().to_vec());
-        self.engine.store_mut()?.write(&batch)?;
+        store.write(&batch)?;
         self.changelog_offset = Some(last + 1);
         Ok(())
     }
@@ -411,14 +437,23 @@ mod tests {
     }
 
     #[test]
-    fn a_store_restored_from_the_changelog_is_the_tasks_own_with_the_markers_expiry_entries_derived() {
+    fn a_store_restored_from_the_changelog_is_the_tasks_own_with_the_expiry_entries_derived() {
         let config = EngineConfig { completed_marker_ttl_ms: 1_000, ..EngineConfig::default() };
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str| Task::open(0, dir.path().join(name), config.clone(), &RocksOptions::default()).unwrap();
-        let restore = |name: &str, changelog: &[ChangelogRecord]| {
+        let restore = |name: &str, rounds: &[&[ChangelogRecord]]| {
             let mut task = open(name);
-            task.restore(changelog.to_vec()).unwrap();
+            for round in rounds {
+                task.restore(round.to_vec()).unwrap();
+            }
             task.finish_restore().unwrap()
+        };
+        let read = |message_id: &str| Event::Read {
+            room_id: "r".into(),
+            user_id: "u2".into(),
+            message_id: message_id.into(),
+            read_at: 7,
+            scope: crate::receipts::ReadScope::Message,
         };
         let mut task = open("own").finish_restore().unwrap();
         let mut changelog = Vec::new();
@@ -427,32 +462,46 @@ mod tests {
             join("u2"),
             Event::Message { room_id: "r".into(), message_id: "m1".into(), sender_id: "u1".into(), sent_at: 5 },
             Event::Message { room_id: "r".into(), message_id: "m2".into(), sender_id: "u1".into(), sent_at: 6 },
-            Event::Read {
-                room_id: "r".into(),
-                user_id: "u2".into(),
-                message_id: "m1".into(),
-                read_at: 7,
-                scope: crate::receipts::ReadScope::Message,
-            },
+            read("m1"),
         ];
         for (offset, event) in events.iter().enumerate() {
             assert!(task.apply("t", 0, offset as i64, 0, event, 10).unwrap().is_some());
         }
         commit_to(&mut task, &mut changelog);
+        let entries = |contents: &[(Vec<u8>, Vec<u8>)], kind: u8| {
+            contents.iter().filter(|(k, _)| k[0] == persist::TAG_EXPIRY && k[9] == kind).count()
+        };
         let own = contents(&mut task);
-        let is_entry = |(k, _): &(Vec<u8>, Vec<u8>)| persist::is_marker_expiry_key(k);
-        assert_eq!(own.iter().filter(|w| is_entry(w)).count(), 1, "m1 completed: one marker, one entry");
-        assert!(!changelog.iter().any(|(_, k, _)| persist::is_marker_expiry_key(k)), "no entry in the changelog");
-        assert_eq!(contents(&mut restore("first", &changelog)), own);
+        assert_eq!(entries(&own, persist::EXPIRE_MARKER), 1, "m1 completed: one marker, one entry");
+        assert_eq!(entries(&own, persist::EXPIRE_PENDING), 1, "m2 pending: one entry");
+        assert!(!changelog.iter().any(|(_, k, _)| k[0] == persist::TAG_EXPIRY), "no entry in the changelog");
+        assert_eq!(contents(&mut restore("first", &[&changelog])), own);
 
-        // m1's marker expires: the changelog gets its tombstone, and nothing for its entry.
+        // u2 reads m2, which completes: the changelog gets its pending key's tombstone, and
+        // nothing for its entry, which must go with it when restored, whether the pending
+        // message's put is in the same round of the restore or in the store already.
+        let first = changelog.len();
+        assert!(task.apply("t", 0, 5, 0, &read("m2"), 10).unwrap().is_some());
+        commit_to(&mut task, &mut changelog);
+        let own = contents(&mut task);
+        assert_eq!(entries(&own, persist::EXPIRE_MARKER), 2);
+        assert_eq!(entries(&own, persist::EXPIRE_PENDING), 0);
+        assert!(changelog[first..].iter().any(|(_, k, v)| persist::is_pending_key(k) && v.is_none()));
+        assert!(!changelog.iter().any(|(_, k, _)| k[0] == persist::TAG_EXPIRY), "no entry in the changelog");
+        assert_eq!(contents(&mut restore("whole", &[&changelog])), own, "in one round");
+        assert_eq!(contents(&mut restore("rounds", &[&changelog[..first], &changelog[first..]])), own, "in two");
+
+        // The markers expire: the changelog gets their tombstones, and nothing for their entries.
         task.tick(2_000).unwrap();
         commit_to(&mut task, &mut changelog);
         let own = contents(&mut task);
+        let is_entry = |(k, _): &(Vec<u8>, Vec<u8>)| k[0] == persist::TAG_EXPIRY;
         assert!(!own.iter().any(is_entry));
-        // Restored from the whole changelog, the marker's put and its tombstone leave its
-        // entry behind, due already: the first tick drops it.
-        let mut restored = restore("second", &changelog);
+        // Restored from the whole changelog, a marker's put and its tombstone leave its entry
+        // behind, due already: the first tick drops it.
+        let mut restored = restore("second", &[&changelog]);
+        let stale: Vec<_> = contents(&mut restored).into_iter().filter(is_entry).collect();
+        assert_eq!(entries(&stale, persist::EXPIRE_MARKER), 2, "{stale:?}");
         assert_eq!(contents(&mut restored).into_iter().filter(|w| !is_entry(w)).collect::<Vec<_>>(), own);
         restored.tick(2_000).unwrap();
         restored.commit().unwrap();
