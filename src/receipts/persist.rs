@@ -204,8 +204,9 @@ pub fn expiry_key(at: Millis, kind: u8, room: &str, id: &[u8]) -> Vec<u8> {
 /// Whether `key` is an expiry index entry that is derived state: a finished message's marker's
 /// (kind `C`) or a pending message's (kind `P`). Each follows from the `expire_at` of the value
 /// it indexes, which never changes while that value lives. So they stay out of the changelog
-/// (where a marker's and a pending message's entries were nearly half of its records), and a
-/// restore writes each beside its value ([`derived_expiry_entry`]). A parked read's entry (`K`)
+/// (every message's marker came with an entry; under `exactly_once` the pending messages'
+/// entries, put and deleted, were a fifth of its records), and a restore writes each beside its
+/// value ([`derived_expiry_entry`]). A parked read's entry (`K`)
 /// is not derived: a parked key holds a changing set of reads, each with its own entry.
 pub fn is_derived_expiry_key(key: &[u8]) -> bool {
     key.len() > 9 && key[0] == TAG_EXPIRY && matches!(key[9], EXPIRE_MARKER | EXPIRE_PENDING)
