@@ -241,7 +241,9 @@ fn a_deleted_state_directory_is_restored_from_the_changelog() {
 fn a_pending_message_restored_from_the_changelog_still_expires() {
     // The changelog leaves out a pending message's expiry index entry: a restore derives it
     // from the pending message, or the message would wait for its readers forever.
-    const TTL: Duration = Duration::from_secs(10);
+    // Long enough for the first instance to apply both messages and stop before m2's deadline
+    // while the other tests of this file run beside it.
+    const TTL: Duration = Duration::from_secs(20);
     let s = Setup::new("pending-restore");
     let chat = Chat::new(&s.bootstrap);
     let room = "room0";
@@ -256,8 +258,8 @@ fn a_pending_message_restored_from_the_changelog_still_expires() {
         chat.json(&s.read_topic, room, &read(room, u, m));
     }
     chat.flush();
-    let config = |extra: &str| s.config(&format!("{extra}\n[engine]\npending_message_ttl_ms = {}\n", TTL.as_millis()));
-    let first = Allread::start(&config(""), &s.dir.path().join("allread-0.log"));
+    let config = s.config(&format!("\n[engine]\npending_message_ttl_ms = {}\n", TTL.as_millis()));
+    let first = Allread::start(&config, &s.dir.path().join("allread-0.log"));
     let started = Instant::now();
     let status =
         |m: &str| common::try_http_json(s.http_port, &format!("/rooms/{room}/messages/{m}")).1["status"].clone();
@@ -269,7 +271,7 @@ fn a_pending_message_restored_from_the_changelog_still_expires() {
     assert!(started.elapsed() < TTL, "stopped after m2's deadline: the test proves nothing (a slow machine?)");
 
     std::fs::remove_dir_all(s.dir.path().join("state")).unwrap();
-    let second = Allread::start(&config(""), &s.dir.path().join("allread-1.log"));
+    let second = Allread::start(&config, &s.dir.path().join("allread-1.log"));
     let expired = || {
         let (_, metrics) = common::http_get(s.http_port, "/metrics").unwrap_or_default();
         metric(&metrics, "allread_engine_outcomes_total{outcome=\"pending_expired\"}")
