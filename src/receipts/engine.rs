@@ -10,6 +10,10 @@
 //! are read from the store on demand, through `side` (writes not yet committed), the batch
 //! of a commit prepared and not written yet (`prepared`, see [`Engine::prepare_commit`]) and
 //! the commit the store may still be writing (`in_flight`, see [`Engine::write_prepared`]).
+//! A resident room keeps only its latest markers, and the ids of all of them while they are
+//! few (read when it is loaded), so that a new message's id needs no lookup to rule out a
+//! duplicate. A load sees every marker of its room: a room with changes not yet in flight stays
+//! resident, and loading one whose changes are in flight waits for them to land.
 
 use super::{HashMap, HashSet};
 use std::ops::{Range, RangeInclusive};
@@ -526,6 +530,7 @@ fn put_marker(room: &mut Room, ctx: &mut Ctx, message_id: &Id, marker: MarkerV1)
     let index = persist::expiry_key(marker.expire_at, persist::EXPIRE_MARKER, &room.id, message_id.as_bytes());
     ctx.side.put(index, Vec::new());
     ctx.side.put(persist::marker_key(&room.id, message_id), persist::encode(&marker));
+    room.marker_written(message_id);
     room.remember_marker(message_id.clone(), marker.seq);
 }
 
@@ -555,7 +560,9 @@ fn on_leave(room: &mut Room, ctx: &mut Ctx, user: &Id) -> Result<(), StoreError>
 
 /// Rules 3, 7, 9, 11, and the parked reads of rule 8.
 fn on_message(room: &mut Room, ctx: &mut Ctx, message_id: &Id, sender: &Id, sent_at: Millis) -> Result<(), StoreError> {
-    if room.pending_ids.contains_key(message_id) || marker_seq(room, ctx, message_id)?.is_some() {
+    if room.pending_ids.contains_key(message_id)
+        || (!room.surely_no_marker(message_id) && marker_seq(room, ctx, message_id)?.is_some())
+    {
         ctx.outcomes.duplicate_message += 1;
         return Ok(());
     }

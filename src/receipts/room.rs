@@ -93,6 +93,13 @@ pub(crate) struct Room {
     /// `recent_markers` by id, once the window is too wide to scan.
     recent_index: Option<HashMap<Id, u64>>,
     marker_window: usize,
+    /// The ids of every marker of this room that the store holds or will hold (the engine's
+    /// uncommitted and unwritten commits included), while there are at most
+    /// [`MARKER_IDS_MAX`]: a new message whose id is not here has no marker, and its duplicate
+    /// check skips the store, which was a tenth of the processing thread (BENCHMARKS.md).
+    /// Taken from a scan of the room's markers when it is loaded, and kept as markers are
+    /// written and expire. `None`: more than that, or not loaded from a store: ask the store.
+    marker_ids: Option<HashSet<Id>>,
 }
 
 /// How many recent markers a room keeps in memory at first (each counts as a state entry).
@@ -107,6 +114,12 @@ const RECENT_MARKERS_MAX: usize = 1024;
 
 /// Above this many recent markers a room looks them up through an index instead of a scan.
 const RECENT_MARKERS_SCAN: usize = 16;
+
+/// The most marker ids a room keeps to rule out duplicate message ids without the store
+/// (see `marker_ids`); four count as one state entry in the cache's budget. A room with more
+/// (a busy room within `completed_marker_ttl_ms`) asks the store, and its load stops scanning
+/// its markers there.
+pub const MARKER_IDS_MAX: usize = 4096;
 
 impl Room {
     pub fn new(id: Id) -> Self {
@@ -132,6 +145,7 @@ impl Room {
             recent_markers: VecDeque::new(),
             recent_index: None,
             marker_window: RECENT_MARKERS,
+            marker_ids: None,
         }
     }
 
@@ -146,6 +160,24 @@ impl Room {
             + self.pending.len()
             + self.parked.values().map(Vec::len).sum::<usize>()
             + self.recent_markers.len()
+            + self.marker_ids.as_ref().map_or(0, |ids| ids.len() / 4)
+    }
+
+    /// Whether this room has no marker for `message_id`, as far as it knows without the store:
+    /// `true` means none (no lookup needed); `false`, look in the store.
+    pub fn surely_no_marker(&self, message_id: &str) -> bool {
+        self.marker_ids.as_ref().is_some_and(|ids| !ids.contains(message_id))
+    }
+
+    /// A marker is being written for `message_id`.
+    pub fn marker_written(&mut self, message_id: &Id) {
+        if let Some(ids) = &mut self.marker_ids {
+            if ids.len() >= MARKER_IDS_MAX {
+                self.marker_ids = None;
+            } else {
+                ids.insert(message_id.clone());
+            }
+        }
     }
 
     /// The seq of a recent marker (see `recent_markers`); `None` says nothing: look in the store.
@@ -200,6 +232,9 @@ impl Room {
     pub fn forget_marker(&mut self, message_id: &str) {
         if let Some(index) = &mut self.recent_index {
             index.remove(message_id);
+        }
+        if let Some(ids) = &mut self.marker_ids {
+            ids.remove(message_id);
         }
         self.recent_markers.retain(|(id, _)| &**id != message_id);
     }
@@ -299,6 +334,31 @@ impl Room {
         if let Some(e) = failure {
             return Err(e);
         }
+        // The room's markers, up to MARKER_IDS_MAX of them (keys only).
+        let mut ids = HashSet::default();
+        let mut all = true;
+        let mut failure = None;
+        let markers = persist::marker_key(&room.id, "");
+        store.scan_prefix(&markers, &mut |key, _| {
+            if ids.len() >= MARKER_IDS_MAX {
+                all = false;
+                return false;
+            }
+            match std::str::from_utf8(&key[markers.len()..]) {
+                Ok(id) => {
+                    ids.insert(Id::from(id));
+                    true
+                }
+                Err(_) => {
+                    failure = Some(StoreError::corrupt(key, "message id is not UTF-8"));
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        room.marker_ids = all.then_some(ids);
         room.weight = room.entries();
         Ok(room)
     }
@@ -616,6 +676,42 @@ mod tests {
         room.forget_marker(&format!("m{oldest_kept}"));
         assert_eq!(room.recent_marker(&format!("m{oldest_kept}")), None, "expired: no longer answered");
         assert_eq!(room.entries(), RECENT_MARKERS);
+    }
+
+    #[test]
+    fn a_loaded_room_knows_its_markers_ids_up_to_a_bound_and_asks_the_store_past_it() {
+        let mut store = MemoryStore::new();
+        let mut batch = WriteBatch::new();
+        for i in 0..MARKER_IDS_MAX {
+            batch.put(persist::marker_key("r", &format!("m{i}")), vec![]);
+        }
+        // Another room's marker, and this room's room keys, are not its markers.
+        batch.put(persist::marker_key("r2", "other"), vec![]);
+        batch.put(persist::marker_key("rr", "other"), vec![]);
+        store.write(&batch).unwrap();
+        let mut room = Room::load(&store, "r".into()).unwrap();
+        assert!(!room.surely_no_marker("m0") && !room.surely_no_marker(&format!("m{}", MARKER_IDS_MAX - 1)));
+        assert!(room.surely_no_marker("other"), "another room's marker");
+        assert!(room.surely_no_marker("new"));
+        room.forget_marker("m0");
+        assert!(room.surely_no_marker("m0"), "expired");
+        room.marker_written(&"new".into());
+        assert!(!room.surely_no_marker("new"), "written");
+        room.marker_written(&"one-more".into());
+        assert!(!room.surely_no_marker("never-seen"), "past the bound: ask the store");
+
+        // Loaded with more than the bound: ask the store for every id.
+        store
+            .write(&{
+                let mut b = WriteBatch::new();
+                b.put(persist::marker_key("r", "m0"), vec![]);
+                b.put(persist::marker_key("r", "extra"), vec![]);
+                b
+            })
+            .unwrap();
+        assert!(!Room::load(&store, "r".into()).unwrap().surely_no_marker("new"));
+        // A room never loaded from a store knows nothing.
+        assert!(!Room::new("r".into()).surely_no_marker("new"));
     }
 
     #[test]
