@@ -685,7 +685,7 @@ mod tests {
         for i in 0..MARKER_IDS_MAX {
             batch.put(persist::marker_key("r", &format!("m{i}")), vec![]);
         }
-        // Another room's marker, and this room's room keys, are not its markers.
+        // Other rooms' markers are not its markers, whatever their names begin with.
         batch.put(persist::marker_key("r2", "other"), vec![]);
         batch.put(persist::marker_key("rr", "other"), vec![]);
         store.write(&batch).unwrap();
