@@ -233,8 +233,10 @@ pub fn derived_expiry_entry(key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>,
             let marker: MarkerV1 = decode(key, value)?;
             Ok(Some(expiry_key(marker.expire_at, EXPIRE_MARKER, room, &key[3 + len..])))
         }
-        Some(&TAG_ROOM) if is_pending_key(key) => {
-            let len = room_prefix_len(key).expect("a room key");
+        Some(&TAG_ROOM) => {
+            let Some(len) = room_prefix_len(key).filter(|&len| key.get(len) == Some(&SUB_PENDING)) else {
+                return Ok(None);
+            };
             let room = std::str::from_utf8(&key[3..len]).map_err(|_| StoreError::corrupt(key, "room is not UTF-8"))?;
             let seq = &key[len + 1..];
             if seq.len() != 8 {
