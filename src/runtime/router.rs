@@ -266,11 +266,12 @@ struct Part {
     queue: Queue,
     /// The offset after the last record polled (or the committed offset), if known.
     next: Option<i64>,
-    /// The last answer to "more to fetch?" for `next`, and when it was found. Asking the
-    /// client costs a lookup linear in the number of topics, so answers are kept: "more to
-    /// fetch" holds until records are polled; "caught up" is asked again after `recheck`, as
-    /// a fetch response may have moved it.
-    more: Option<(bool, Instant)>,
+    /// The last answer to "more to fetch?" for `next` (`None`: the client does not know
+    /// yet), and when it was found. Asking the client costs a lookup linear in the number of
+    /// topics, so answers are kept: "more to fetch" holds until records are polled; "caught
+    /// up" is asked again after `recheck`, and "not known" after [`RECHECK_CAUGHT_UP`], as a
+    /// fetch response may have changed them.
+    more: Option<(Option<bool>, Instant)>,
     /// How long the current "caught up" is kept: [`RECHECK_CAUGHT_UP`], doubled each time
     /// the partition is found caught up again with nothing polled in between, up to
     /// [`RECHECK_IDLE`].
@@ -387,7 +388,10 @@ impl Queue {
 /// Asking costs a lookup linear in the number of topics (1,000 room topics: 7% of the
 /// processing thread at 20 ms). Taking a partition for caught up a little too long only lets
 /// a later record of another partition go first, as one fetched late would: a read that gets
-/// ahead of its message is parked (spec rule 8).
+/// ahead of its message is parked (spec rule 8). It is also how long a partition the client
+/// knows nothing of yet (no fetch response has named it) is taken to stay so: at start-up,
+/// before the first responses, every routing round asked about each of 1,000 room topics,
+/// some 56,000 lookups in two seconds (BENCHMARKS.md, 6 December, a seventeenth session).
 pub const RECHECK_CAUGHT_UP: Duration = Duration::from_millis(100);
 
 /// The longest a partition found caught up again and again is taken to stay so. A partition
@@ -416,11 +420,12 @@ impl Part {
 
     fn has_more(&mut self, backlog: &dyn Backlog, now: Instant) -> Option<bool> {
         match self.more {
-            Some((true, _)) => return Some(true),
-            Some((false, at)) if now.duration_since(at) < self.recheck => return Some(false),
+            Some((Some(true), _)) => return Some(true),
+            Some((Some(false), at)) if now.duration_since(at) < self.recheck => return Some(false),
+            Some((None, at)) if now.duration_since(at) < RECHECK_CAUGHT_UP => return None,
             _ => {}
         }
-        let was_caught_up = matches!(self.more, Some((false, _)));
+        let was_caught_up = matches!(self.more, Some((Some(false), _)));
         let answer = match (self.next, self.high) {
             (Some(next), Some((high, at))) if next < high && now.duration_since(at) < RECHECK_HIGH => Some(true),
             _ => backlog.watermarks(&self.key.0, self.key.1).map(|(low, high)| {
@@ -428,7 +433,7 @@ impl Part {
                 high > self.next.unwrap_or(low.max(0))
             }),
         };
-        self.more = answer.map(|more| (more, now));
+        self.more = Some((answer, now));
         self.recheck = match answer {
             Some(false) if was_caught_up => (self.recheck * 2).min(RECHECK_IDLE),
             _ => RECHECK_CAUGHT_UP,
@@ -1001,6 +1006,33 @@ mod tests {
         std::thread::sleep(RECHECK_CAUGHT_UP + Duration::from_millis(5));
         route_one(&mut b);
         assert_eq!(caught_up.0.get(), 5, "then asked again");
+    }
+
+    /// Knows nothing of any partition until `.1` is set; counts the questions, as `Counting`.
+    struct Unknown(std::cell::Cell<u32>, std::cell::Cell<bool>);
+    impl Backlog for Unknown {
+        fn watermarks(&self, _: &str, _: i32) -> Option<(i64, i64)> {
+            self.0.set(self.0.get() + 1);
+            self.1.get().then_some((0, 0))
+        }
+    }
+
+    #[test]
+    fn a_partition_the_client_knows_nothing_of_yet_is_asked_about_again_after_a_while() {
+        let mut b = room_and_reads();
+        b.push(record("reads", 0, 0, 5));
+        let client = Unknown(Default::default(), Default::default());
+        let ten_s = Duration::from_secs(10);
+        for _ in 0..5 {
+            assert!(drain(&mut b, &client, ten_s).0.is_empty(), "the room may hold something earlier");
+        }
+        assert_eq!(client.0.get(), 1, "not known: kept for a while, not asked every round");
+        client.1.set(true);
+        assert!(drain(&mut b, &client, ten_s).0.is_empty());
+        assert_eq!(client.0.get(), 1, "still within RECHECK_CAUGHT_UP");
+        std::thread::sleep(RECHECK_CAUGHT_UP + Duration::from_millis(5));
+        assert_eq!(offsets(&drain(&mut b, &client, ten_s).0), [("reads".to_string(), 0)]);
+        assert_eq!(client.0.get(), 3, "the room asked again, caught up; the read goes, its partition asked");
     }
 
     #[test]
