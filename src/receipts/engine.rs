@@ -415,7 +415,14 @@ impl<S: KvStore> Engine<S> {
             }
         }
         let start = batch.writes.len();
-        batch.writes.extend(std::mem::take(&mut self.side.writes));
+        let side_writes = self.side.writes.len();
+        batch.writes.reserve(side_writes + extra.len());
+        batch.writes.extend(self.side.writes.drain());
+        // The map keeps the room this commit needed, and the next commit most likely needs as
+        // much: grown again from nothing, it rehashed ever larger tables, about 2% of the
+        // processing thread (BENCHMARKS.md, 6 December, a seventeenth session). After a
+        // burst, it shrinks to what the last commit needed.
+        self.side.writes.shrink_to(side_writes);
         // In key order, as RocksDB inserts a sorted batch fastest, for a repeatable changelog,
         // and so that the commit prepared or in flight is searchable (`InFlight`).
         batch.writes[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
