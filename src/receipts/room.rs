@@ -96,7 +96,8 @@ pub(crate) struct Room {
     /// The ids of every marker of this room that the store holds or will hold (the engine's
     /// uncommitted and unwritten commits included), while there are at most
     /// [`MARKER_IDS_MAX`]: a new message whose id is not here has no marker, and its duplicate
-    /// check skips the store, which was a tenth of the processing thread (BENCHMARKS.md).
+    /// check skips the store, which was a tenth of the processing thread (BENCHMARKS.md); so
+    /// does a read of a message not seen yet, which is parked.
     /// Taken from a scan of the room's markers when it is loaded, and kept as markers are
     /// written and expire. `None`: more than that, or not loaded from a store: ask the store.
     marker_ids: Option<HashSet<Id>>,
