@@ -795,14 +795,21 @@ impl Processor {
         if applied.receipts.is_empty() {
             return Ok(()); // most events complete nothing: no copy of the topic's name for them
         }
-        let output = self.cfg.topics.output.clone();
+        // One topic handle for the batch (see `kafka::send_with_opaque`); each record is
+        // counted outstanding under the epoch, as `send` does.
+        let output = crate::kafka::TopicHandle::with_opaques(&self.producer, &self.cfg.topics.output)?;
+        let context = self.producer.context();
         for r in &applied.receipts {
             self.metrics.receipts.inc();
             self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
             self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
             let value = encode_receipt(r);
-            let record = self.record(&output).key(r.room_id.as_bytes()).payload(&value[..]);
-            self.send(record)?;
+            context.add_outstanding(self.epoch, 1);
+            if let Err(e) = crate::kafka::send_with_opaque(&output, r.room_id.as_bytes(), &value, self.epoch as usize) {
+                context.add_outstanding(self.epoch, -1);
+                return Err(e.into());
+            }
+            self.sent += 1;
             if let Some(f) = self.on_receipt.as_mut() {
                 f(r);
             }
