@@ -793,20 +793,22 @@ impl Processor {
     /// Produces the receipts an applied record completed.
     fn emit(&mut self, applied: Applied, now: Millis) -> Result<(), RuntimeError> {
         if applied.receipts.is_empty() {
-            return Ok(()); // most events complete nothing: no copy of the topic's name for them
+            return Ok(()); // most events complete nothing: no topic handle for them
         }
-        // One topic handle for the batch (see `kafka::send_with_opaque`); each record is
-        // counted outstanding under the epoch, as `send` does.
+        // One topic handle for the batch (see `kafka::send_with_opaque`), and the batch counted
+        // outstanding under the epoch at once, as a commit counts its changelog records.
         let output = crate::kafka::TopicHandle::with_opaques(&self.producer, &self.cfg.topics.output)?;
         let context = self.producer.context();
-        for r in &applied.receipts {
+        let count = applied.receipts.len();
+        context.add_outstanding(self.epoch, count as i64);
+        for (i, r) in applied.receipts.iter().enumerate() {
             self.metrics.receipts.inc();
             self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
             self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
             let value = encode_receipt(r);
-            context.add_outstanding(self.epoch, 1);
             if let Err(e) = crate::kafka::send_with_opaque(&output, r.room_id.as_bytes(), &value, self.epoch as usize) {
-                context.add_outstanding(self.epoch, -1);
+                // This receipt and the ones after it were not sent.
+                context.add_outstanding(self.epoch, -((count - i) as i64));
                 return Err(e.into());
             }
             self.sent += 1;
