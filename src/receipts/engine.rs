@@ -10,6 +10,8 @@
 //! are read from the store on demand, through `side` (writes not yet committed), the batch
 //! of a commit prepared and not written yet (`prepared`, see [`Engine::prepare_commit`]) and
 //! the commit the store may still be writing (`in_flight`, see [`Engine::write_prepared`]).
+//! A pending message's expiry index entry is written with the message, by the first commit
+//! that finds it still pending; until then its room is where the engine finds it due.
 //! A resident room keeps only its latest markers, and the ids of all of them while they are
 //! few (read when it is loaded), so that a new message's id needs no lookup to rule out a
 //! duplicate. A load sees every marker of its room: a room with changes not yet in flight stays
@@ -47,12 +49,20 @@ impl EngineError {
 
 /// Key-level writes to markers and the expiry index that are not committed yet. A `None`
 /// value deletes; a key missing here is whatever the store says.
+///
+/// Not here: the expiry index entries of the pending messages not written yet. A room writes
+/// them when it first writes the message (`Room::flush_into`), so that a message completed
+/// before the next commit, as most are, costs no entry and no delete of it (two map
+/// operations, 4% of the processing thread). Until then the engine finds those due among its
+/// rooms (see `Engine::due_expiries`), with `pending_due` to say when that can be.
 #[derive(Default)]
 pub(super) struct SideWrites {
     /// Hashed, not ordered: every new message looks its marker up here before the store, and
     /// a `BTreeMap` of tens of thousands of keys sharing room prefixes spent most of that in
     /// `memcmp`. The two ordered uses (due expiries, the commit batch) sort what they take.
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The earliest expiry of a pending message not written yet, if there is one.
+    pending_due: Option<Millis>,
 }
 
 impl SideWrites {
@@ -82,6 +92,10 @@ impl SideWrites {
         } else {
             self.writes.remove(&key);
         }
+    }
+    /// A pending message that expires at `at` is not written yet.
+    fn pending_unwritten(&mut self, at: Millis) {
+        self.pending_due = Some(self.pending_due.map_or(at, |due| due.min(at)));
     }
 }
 
@@ -341,7 +355,9 @@ impl<S: KvStore> Engine<S> {
                 }
                 _ => return Err(StoreError::corrupt(key, "unknown expiry kind").into()),
             }
-            // The entry is handled whether or not it was stale.
+            // The entry is handled whether or not it was stale. (That of a pending message not
+            // written yet, which expired before the commit after it, gets a delete it does
+            // not need: a tombstone in the local store, and never in the changelog.)
             self.side.delete(key.clone(), true);
         }
         Ok(due.len())
@@ -365,6 +381,15 @@ impl<S: KvStore> Engine<S> {
         for (k, v) in &self.side.writes {
             if v.is_some() && k.as_slice() >= &lower[..] && k.as_slice() < &upper[..] {
                 keys.push(k.clone());
+            }
+        }
+        // The entries of pending messages not written yet: each is in a room with changes
+        // not prepared yet, and stays due until the message completes or expires.
+        if self.side.pending_due.is_some_and(|due| due <= now) {
+            for room in self.dirty_rooms.iter().filter_map(|id| self.rooms.get(id)) {
+                for (seq, p) in room.pending.iter().filter(|(_, p)| !p.persisted && p.expire_at <= now) {
+                    keys.push(persist::expiry_key(p.expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes()));
+                }
             }
         }
         keys.sort_unstable();
@@ -404,10 +429,11 @@ impl<S: KvStore> Engine<S> {
         assert!(self.prepared.is_none(), "a commit's batch is prepared already: write it first");
         let mut batch = WriteBatch::new();
         let mut rooms = HashSet::default();
+        let mut pending_entries = Vec::new();
         for room_id in std::mem::take(&mut self.dirty_rooms) {
             if let Some(room) = self.rooms.get_mut(&room_id) {
                 room.listed_dirty = false;
-                room.flush_into(&mut batch);
+                room.flush_into(&mut batch, &mut pending_entries);
                 let weight = room.entries();
                 self.cached_entries = self.cached_entries + weight - room.weight;
                 room.weight = weight;
@@ -416,8 +442,10 @@ impl<S: KvStore> Engine<S> {
         }
         let start = batch.writes.len();
         let side_writes = self.side.writes.len();
-        batch.writes.reserve(side_writes + extra.len());
+        batch.writes.reserve(side_writes + pending_entries.len() + extra.len());
         batch.writes.extend(self.side.writes.drain());
+        batch.writes.extend(pending_entries);
+        self.side.pending_due = None;
         // The map keeps the room this commit needed, and the next commit most likely needs as
         // much: grown again from nothing, it rehashed ever larger tables, about 2% of the
         // processing thread (BENCHMARKS.md, 6 December, a seventeenth session). After a
@@ -594,8 +622,7 @@ fn on_message(room: &mut Room, ctx: &mut Ctx, message_id: &Id, sender: &Id, sent
         put_marker(room, ctx, message_id, m);
     } else {
         let expire_at = ctx.now.saturating_add(ctx.config.pending_message_ttl_ms);
-        let index = persist::expiry_key(expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes());
-        ctx.side.put(index, Vec::new());
+        ctx.side.pending_unwritten(expire_at);
         room.insert_pending(
             seq,
             Pending {
@@ -783,8 +810,10 @@ fn settle(room: &mut Room, ctx: &mut Ctx, touched: RangeInclusive<u64>) {
 
 fn complete(room: &mut Room, ctx: &mut Ctx, seq: u64) {
     let p = room.remove_pending(seq).expect("completing a pending message");
-    let index = persist::expiry_key(p.expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes());
-    ctx.side.delete(index, p.persisted);
+    if p.persisted {
+        let index = persist::expiry_key(p.expire_at, persist::EXPIRE_PENDING, &room.id, &seq.to_be_bytes());
+        ctx.side.delete(index, true);
+    }
     let m = MarkerV1 {
         seq,
         state: MarkerState::Completed,
@@ -842,6 +871,48 @@ mod tests {
             scope: ReadScope::UpTo,
         };
         (message, read)
+    }
+
+    /// A message completed before the commit after it costs that commit no expiry index entry,
+    /// written or deleted; one still pending at a commit has its entry written then, and
+    /// deleted by the commit after it completes.
+    #[test]
+    fn a_pending_message_has_an_expiry_entry_only_once_a_commit_finds_it_pending() {
+        let mut engine = Engine::new(MemoryStore::new(), EngineConfig::default());
+        for user in ["a", "b"] {
+            engine.apply(&Event::Join { room_id: id("r"), user_id: id(user), at: 0 }, NOW).unwrap();
+        }
+        let message = |m: &str| Event::Message { room_id: id("r"), message_id: id(m), sender_id: id("a"), sent_at: 7 };
+        let read = |m: &str| Event::Read {
+            room_id: id("r"),
+            user_id: id("b"),
+            message_id: id(m),
+            read_at: 0,
+            scope: ReadScope::Message,
+        };
+        // (seq, written or deleted) of each pending message's entry in a commit's batch.
+        let entries = |batch: &WriteBatch| -> Vec<(u64, bool)> {
+            let pending = batch.writes.iter().filter(|(k, _)| k.first() == Some(&persist::TAG_EXPIRY));
+            pending
+                .map(|(k, v)| (persist::parse_expiry_key(k).unwrap(), v.is_some()))
+                .filter(|(entry, _)| entry.kind == persist::EXPIRE_PENDING)
+                .map(|(entry, put)| (u64::from_be_bytes(entry.id.try_into().unwrap()), put))
+                .collect()
+        };
+        engine.apply(&message("m1"), NOW).unwrap();
+        engine.apply(&read("m1"), NOW).unwrap();
+        engine.apply(&message("m2"), NOW).unwrap();
+        assert_eq!(engine.take_emitted().len(), 1, "m1 completed");
+        let first = engine.commit(Vec::new()).unwrap();
+        assert_eq!(entries(&first), [(2, true)], "m2's entry only: m1 never had one");
+        engine.apply(&read("m2"), NOW).unwrap();
+        assert_eq!(engine.take_emitted().len(), 1, "m2 completed");
+        let second = engine.commit(Vec::new()).unwrap();
+        assert_eq!(entries(&second), [(2, false)], "m2's entry deleted");
+        engine.wait_written().unwrap();
+        let due = engine.due_expiries(Millis::MAX / 2).unwrap();
+        let kinds: Vec<u8> = due.iter().map(|k| persist::parse_expiry_key(k).unwrap().kind).collect();
+        assert_eq!(kinds, [persist::EXPIRE_MARKER; 2], "the two markers' entries, no pending message's");
     }
 
     /// The in-memory store applies a batch only when the next write or a wait asks for it, so

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use super::event::{Id, Millis, ReadScope};
 use super::persist::{self, MemberV1, MembersV1, MetaV1, ParkedReadV1, ParkedV1, PendingV1, RoomEntry};
 use super::{HashMap, HashSet};
-use crate::store::{KvStore, StoreError, WriteBatch};
+use crate::store::{KvStore, StoreError, Write, WriteBatch};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
@@ -490,8 +490,11 @@ impl Room {
         }
     }
 
-    /// Writes what changed since the last commit into `batch` and marks it all persisted.
-    pub fn flush_into(&mut self, batch: &mut WriteBatch) {
+    /// Writes what changed since the last commit into `batch` and marks it all persisted. A
+    /// pending message written for the first time has its expiry index entry appended to
+    /// `expiries`, which the engine writes with its other index entries (see
+    /// [`super::engine::SideWrites`]): one that completes before a commit never has one.
+    pub fn flush_into(&mut self, batch: &mut WriteBatch, expiries: &mut Vec<Write>) {
         let dirty = std::mem::take(&mut self.dirty);
         let room = &*self.id;
         let holds_nothing =
@@ -524,6 +527,10 @@ impl Room {
                         readers: p.readers.iter().map(|r| r.to_string()).collect(),
                     };
                     batch.put(key, persist::encode(&v));
+                    if !p.persisted {
+                        let entry = persist::expiry_key(p.expire_at, persist::EXPIRE_PENDING, room, &seq.to_be_bytes());
+                        expiries.push((entry, Some(Vec::new())));
+                    }
                     p.persisted = true;
                 }
                 None if on_disk => batch.delete(key),
@@ -570,7 +577,9 @@ mod tests {
     /// Commits the room's changes to `store`; returns the batch.
     fn flush(room: &mut Room, store: &mut MemoryStore) -> WriteBatch {
         let mut batch = WriteBatch::new();
-        room.flush_into(&mut batch);
+        let mut expiries = Vec::new();
+        room.flush_into(&mut batch, &mut expiries);
+        batch.writes.extend(expiries);
         store.write(&batch).unwrap();
         batch
     }
