@@ -50,17 +50,24 @@ impl EngineError {
 /// Key-level writes to markers and the expiry index that are not committed yet. A `None`
 /// value deletes; a key missing here is whatever the store says.
 ///
-/// Not here: the expiry index entries of the pending messages not written yet. A room writes
-/// them when it first writes the message (`Room::flush_into`), so that a message completed
-/// before the next commit, as most are, costs no entry and no delete of it (two map
-/// operations, 4% of the processing thread). Until then the engine finds those due among its
-/// rooms (see `Engine::due_expiries`), with `pending_due` to say when that can be.
+/// Not in the map: the expiry index entries written since the last commit, which nothing
+/// looks up by key. A marker's is listed in `markers` and goes into the commit's batch
+/// as it is; a pending message's is written by its room, when it first writes the message
+/// (`Room::flush_into`), so that a message completed before the next commit, as most are,
+/// has none to put and none to delete. Each was a map operation on a table of some hundred
+/// thousand keys, which misses the CPU's caches. Until the commit, `Engine::due_expiries`
+/// finds those due in `markers` and in the rooms, when `markers_due` and `pending_due` say
+/// that one can be.
 #[derive(Default)]
 pub(super) struct SideWrites {
     /// Hashed, not ordered: every new message looks its marker up here before the store, and
     /// a `BTreeMap` of tens of thousands of keys sharing room prefixes spent most of that in
     /// `memcmp`. The two ordered uses (due expiries, the commit batch) sort what they take.
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The expiry index entries of the markers written since the last commit.
+    markers: Vec<Vec<u8>>,
+    /// The earliest expiry in `markers`, if it holds any.
+    markers_due: Option<Millis>,
     /// The earliest expiry of a pending message not written yet, if there is one.
     pending_due: Option<Millis>,
 }
@@ -96,6 +103,22 @@ impl SideWrites {
     /// A pending message that expires at `at` is not written yet.
     fn pending_unwritten(&mut self, at: Millis) {
         self.pending_due = Some(self.pending_due.map_or(at, |due| due.min(at)));
+    }
+    /// A marker's expiry index entry, due at `at`.
+    fn marker_entry(&mut self, at: Millis, key: Vec<u8>) {
+        self.markers.push(key);
+        self.markers_due = Some(self.markers_due.map_or(at, |due| due.min(at)));
+    }
+    /// Deletes a due expiry index entry (due at `at`) that has been handled: from `markers` if
+    /// it is there, since it was never written, else from the store.
+    fn delete_entry(&mut self, key: &[u8], at: Millis) {
+        if self.markers_due.is_some_and(|due| due <= at) {
+            if let Some(i) = self.markers.iter().position(|k| k.as_slice() == key) {
+                self.markers.swap_remove(i);
+                return;
+            }
+        }
+        self.writes.insert(key.to_vec(), None);
     }
 }
 
@@ -358,7 +381,7 @@ impl<S: KvStore> Engine<S> {
             // The entry is handled whether or not it was stale. (That of a pending message not
             // written yet, which expired before the commit after it, gets a delete it does
             // not need: a tombstone in the local store, and never in the changelog.)
-            self.side.delete(key.clone(), true);
+            self.side.delete_entry(key, at);
         }
         Ok(due.len())
     }
@@ -382,6 +405,9 @@ impl<S: KvStore> Engine<S> {
             if v.is_some() && k.as_slice() >= &lower[..] && k.as_slice() < &upper[..] {
                 keys.push(k.clone());
             }
+        }
+        if self.side.markers_due.is_some_and(|due| due <= now) {
+            keys.extend(self.side.markers.iter().filter(|k| k.as_slice() < &upper[..]).cloned());
         }
         // The entries of pending messages not written yet: each is in a room with changes
         // not prepared yet, and stays due until the message completes or expires.
@@ -442,10 +468,13 @@ impl<S: KvStore> Engine<S> {
         }
         let start = batch.writes.len();
         let side_writes = self.side.writes.len();
-        batch.writes.reserve(side_writes + pending_entries.len() + extra.len());
+        let markers = self.side.markers.len();
+        batch.writes.reserve(side_writes + markers + pending_entries.len() + extra.len());
         batch.writes.extend(self.side.writes.drain());
+        batch.writes.extend(self.side.markers.drain(..).map(|key| (key, Some(Vec::new()))));
         batch.writes.extend(pending_entries);
-        self.side.pending_due = None;
+        self.side.markers.shrink_to(markers);
+        (self.side.markers_due, self.side.pending_due) = (None, None);
         // The map keeps the room this commit needed, and the next commit most likely needs as
         // much: grown again from nothing, it rehashed ever larger tables, about 2% of the
         // processing thread (BENCHMARKS.md, 6 December, a seventeenth session). After a
@@ -563,7 +592,7 @@ fn marker_seq(room: &mut Room, ctx: &Ctx, message_id: &Id) -> Result<Option<u64>
 
 fn put_marker(room: &mut Room, ctx: &mut Ctx, message_id: &Id, marker: MarkerV1) {
     let index = persist::expiry_key(marker.expire_at, persist::EXPIRE_MARKER, &room.id, message_id.as_bytes());
-    ctx.side.put(index, Vec::new());
+    ctx.side.marker_entry(marker.expire_at, index);
     ctx.side.put(persist::marker_key(&room.id, message_id), persist::encode(&marker));
     room.marker_written(message_id);
     room.remember_marker(message_id.clone(), marker.seq);
@@ -913,6 +942,30 @@ mod tests {
         let due = engine.due_expiries(Millis::MAX / 2).unwrap();
         let kinds: Vec<u8> = due.iter().map(|k| persist::parse_expiry_key(k).unwrap().kind).collect();
         assert_eq!(kinds, [persist::EXPIRE_MARKER; 2], "the two markers' entries, no pending message's");
+    }
+
+    /// A marker's expiry entry waits for the commit in a list, not in the side writes' map:
+    /// one that expires before that commit leaves it, and the commit writes neither the
+    /// entry nor a delete of it.
+    #[test]
+    fn a_marker_that_expires_before_the_commit_after_it_leaves_no_expiry_entry_in_it() {
+        let config = EngineConfig { completed_marker_ttl_ms: 100, ..EngineConfig::default() };
+        let mut engine = Engine::new(MemoryStore::new(), config);
+        let (message, read) = a_committed_message(&mut engine);
+        engine.apply(&read, NOW).unwrap();
+        assert_eq!(engine.take_emitted().len(), 1);
+        assert_eq!(engine.tick(NOW + 99).unwrap(), 0, "not due yet");
+        assert_eq!(engine.tick(NOW + 100).unwrap(), 1, "the marker's entry, due");
+        assert_eq!(engine.outcomes().marker_expired, 1);
+        let batch = engine.commit(Vec::new()).unwrap();
+        let entries: Vec<_> = batch.writes.iter().filter(|(k, _)| k.first() == Some(&persist::TAG_EXPIRY)).collect();
+        let kinds: Vec<(u8, bool)> =
+            entries.iter().map(|(k, v)| (persist::parse_expiry_key(k).unwrap().kind, v.is_some())).collect();
+        assert_eq!(kinds, [(persist::EXPIRE_PENDING, false)], "only m1's pending entry, deleted: no marker's");
+        engine.wait_written().unwrap();
+        assert_eq!(engine.tick(NOW + 1_000).unwrap(), 0, "nothing left to expire");
+        engine.apply(&message, NOW + 1_000).unwrap();
+        assert_eq!(engine.outcomes().duplicate_message, 0, "m1 again is a new message: its marker expired");
     }
 
     /// The in-memory store applies a batch only when the next write or a wait asks for it, so
