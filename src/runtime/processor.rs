@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::IntCounter;
+use prometheus::local::LocalIntCounter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -398,9 +398,11 @@ pub struct Processor {
     /// Which local tasks input records may reach without the repartition topic.
     shortcut: Shortcut<Bound>,
     /// `allread_input_records_total` and `allread_input_bytes_total` of the room topics and of
-    /// the read topic, looked up once rather than by label for every record.
-    room_input: (IntCounter, IntCounter),
-    read_input: (IntCounter, IntCounter),
+    /// the read topic, looked up once rather than by label for every record, and counted
+    /// here, without an atomic operation per record, until the routing round ends
+    /// ([`Processor::flush_input_counts`]).
+    room_input: (LocalIntCounter, LocalIntCounter),
+    read_input: (LocalIntCounter, LocalIntCounter),
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: crate::receipts::HashMap<String, crate::receipts::HashMap<i32, i64>>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
@@ -467,12 +469,12 @@ impl Processor {
             dlq: cfg.dlq_topic(),
             shortcut: Shortcut::new(cfg.processing.local_shortcut, cfg.topics.partitions as usize),
             room_input: (
-                metrics.input_records.with_label_values(&["room"]),
-                metrics.input_bytes.with_label_values(&["room"]),
+                metrics.input_records.with_label_values(&["room"]).local(),
+                metrics.input_bytes.with_label_values(&["room"]).local(),
             ),
             read_input: (
-                metrics.input_records.with_label_values(&["read"]),
-                metrics.input_bytes.with_label_values(&["read"]),
+                metrics.input_records.with_label_values(&["read"]).local(),
+                metrics.input_bytes.with_label_values(&["read"]).local(),
             ),
             cfg,
             producer,
@@ -576,6 +578,7 @@ impl Processor {
             }
             self.more_ready = ready.len() >= ROUND_RECORDS;
             let routed = ready.drain(..).try_for_each(|m| self.route(m));
+            self.flush_input_counts();
             if routed.is_ok() {
                 taken.drain(..).for_each(|(topic, partition, next)| self.routed_to(&topic, partition, next));
             }
@@ -625,7 +628,7 @@ impl Processor {
         };
         if let Some(event) = event {
             let task = partition_for(event.room_id().as_bytes(), self.cfg.topics.partitions);
-            let bound = Bound { topic: topic.clone(), partition, offset, timestamp, event };
+            let bound = Bound { topic, partition, offset, timestamp, event };
             let position = self.tasks.get(&task).filter(|t| !t.restoring).map(Task::lane_position);
             if position.is_some() && self.shortcut.wants_probe(task, &self.producer.context().acks) {
                 let drained = self.repartition_drained(task);
@@ -643,6 +646,13 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// Adds the input records and bytes counted since the last call to the metrics.
+    fn flush_input_counts(&mut self) {
+        for counter in [&self.room_input.0, &self.room_input.1, &self.read_input.0, &self.read_input.1] {
+            counter.flush();
+        }
     }
 
     /// Input partition `topic`/`partition` was routed up to `next` (the offset the next commit
