@@ -68,6 +68,8 @@ pub(super) struct SideWrites {
     markers: Vec<Vec<u8>>,
     /// The earliest expiry in `markers`, if it holds any.
     markers_due: Option<Millis>,
+    /// Whether an entry of `markers` may have been handled (deleted in `writes`) already.
+    markers_handled: bool,
     /// The earliest expiry of a pending message not written yet, if there is one.
     pending_due: Option<Millis>,
 }
@@ -109,16 +111,23 @@ impl SideWrites {
         self.markers.push(key);
         self.markers_due = Some(self.markers_due.map_or(at, |due| due.min(at)));
     }
-    /// Deletes a due expiry index entry (due at `at`) that has been handled: from `markers` if
-    /// it is there, since it was never written, else from the store.
+    /// Deletes a due expiry index entry (due at `at`) that has been handled. One of `markers`,
+    /// never written, leaves it at the commit with its delete ([`SideWrites::take_markers`]):
+    /// searched for here, a tick that handles thousands would scan the list for each.
     fn delete_entry(&mut self, key: &[u8], at: Millis) {
-        if self.markers_due.is_some_and(|due| due <= at) {
-            if let Some(i) = self.markers.iter().position(|k| k.as_slice() == key) {
-                self.markers.swap_remove(i);
-                return;
-            }
-        }
+        self.markers_handled |= self.markers_due.is_some_and(|due| due <= at);
         self.writes.insert(key.to_vec(), None);
+    }
+    /// Takes the entries of `markers` for a commit, without those handled already (and
+    /// without their deletes), before `writes` is drained. The caller gives the emptied list
+    /// back, so that its room serves the next commit.
+    fn take_markers(&mut self) -> Vec<Vec<u8>> {
+        if std::mem::take(&mut self.markers_handled) {
+            let SideWrites { writes, markers, .. } = self;
+            markers.retain(|key| writes.remove(key.as_slice()).is_none());
+        }
+        self.markers_due = None;
+        std::mem::take(&mut self.markers)
     }
 }
 
@@ -467,14 +476,14 @@ impl<S: KvStore> Engine<S> {
             }
         }
         let start = batch.writes.len();
+        let mut markers = self.side.take_markers();
         let side_writes = self.side.writes.len();
-        let markers = self.side.markers.len();
-        batch.writes.reserve(side_writes + markers + pending_entries.len() + extra.len());
+        batch.writes.reserve(side_writes + markers.len() + pending_entries.len() + extra.len());
         batch.writes.extend(self.side.writes.drain());
-        batch.writes.extend(self.side.markers.drain(..).map(|key| (key, Some(Vec::new()))));
+        batch.writes.extend(markers.drain(..).map(|key| (key, Some(Vec::new()))));
+        self.side.markers = markers;
         batch.writes.extend(pending_entries);
-        self.side.markers.shrink_to(markers);
-        (self.side.markers_due, self.side.pending_due) = (None, None);
+        self.side.pending_due = None;
         // The map keeps the room this commit needed, and the next commit most likely needs as
         // much: grown again from nothing, it rehashed ever larger tables, about 2% of the
         // processing thread (BENCHMARKS.md, 6 December, a seventeenth session). After a
