@@ -586,8 +586,13 @@ fn marker(ctx: &Ctx, room: &str, message_id: &str) -> Result<Option<MarkerV1>, S
     }
 }
 
-/// The seq of a message that completed or expired in this room (its marker), if any.
+/// The seq of a message that completed or expired in this room (its marker), if any. The
+/// room answers without the store when it can: from its marker ids (a new message's id, a
+/// read ahead of its message) or its recent markers (a read after the message finished).
 fn marker_seq(room: &mut Room, ctx: &Ctx, message_id: &Id) -> Result<Option<u64>, StoreError> {
+    if room.surely_no_marker(message_id) {
+        return Ok(None);
+    }
     if let Some(seq) = room.recent_marker(message_id) {
         return Ok(Some(seq));
     }
@@ -633,9 +638,7 @@ fn on_leave(room: &mut Room, ctx: &mut Ctx, user: &Id) -> Result<(), StoreError>
 
 /// Rules 3, 7, 9, 11, and the parked reads of rule 8.
 fn on_message(room: &mut Room, ctx: &mut Ctx, message_id: &Id, sender: &Id, sent_at: Millis) -> Result<(), StoreError> {
-    if room.pending_ids.contains_key(message_id)
-        || (!room.surely_no_marker(message_id) && marker_seq(room, ctx, message_id)?.is_some())
-    {
+    if room.pending_ids.contains_key(message_id) || marker_seq(room, ctx, message_id)?.is_some() {
         ctx.outcomes.duplicate_message += 1;
         return Ok(());
     }
@@ -713,10 +716,8 @@ fn on_read(room: &mut Room, ctx: &mut Ctx, user: &Id, message_id: &Id, scope: Re
         read_known(room, ctx, user, seq, scope, true);
         return Ok(());
     }
-    // Neither pending nor finished: a read ahead of its message, parked. The room's marker
-    // ids rule a marker out without the store, as for a new message.
-    let finished = if room.surely_no_marker(message_id) { None } else { marker_seq(room, ctx, message_id)? };
-    match finished {
+    // Neither pending nor finished: a read ahead of its message, parked.
+    match marker_seq(room, ctx, message_id)? {
         Some(seq) => read_known(room, ctx, user, seq, scope, false),
         None => park(room, ctx, user, message_id, scope),
     }
