@@ -2,8 +2,8 @@
 //!
 //! A room is loaded with one prefix scan and written back, key by key, only where it changed
 //! (`Dirty`), when the caller commits; a small room's members are one key, written whole when
-//! any of them changed (see `flush_members`). The in-memory indexes (`by_pos`, `pending_ids`,
-//! `with_readers`, `parked_by_user`) are derived on load and never stored.
+//! any of them changed (see `flush_members`). The in-memory indexes (`positions`,
+//! `pending_ids`, `with_readers`, `parked_by_user`) are derived on load and never stored.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -61,8 +61,8 @@ pub(crate) struct Room {
     pub next_park_seq: u64,
     /// Members and their read positions `H[u]`.
     pub members: HashMap<Id, Member>,
-    /// The same positions ordered: the first entry is the frontier `W`.
-    pub by_pos: BTreeSet<(u64, Id)>,
+    /// The same positions as the frontier `W` needs them (see [`Positions`]).
+    positions: Positions,
     pub pending: BTreeMap<u64, Pending>,
     pub pending_ids: HashMap<Id, u64>,
     /// Seqs of pending messages with a non-empty reader set.
@@ -122,6 +122,38 @@ const RECENT_MARKERS_SCAN: usize = 16;
 /// its markers there.
 pub const MARKER_IDS_MAX: usize = 4096;
 
+/// The most members a room keeps as [`Positions::Lowest`]; one more makes it
+/// [`Positions::Ordered`], which it stays while in memory.
+const SCAN_MEMBERS: usize = 32;
+
+/// A room's read positions as the frontier `W` needs them. A read that moves a member kept
+/// an ordered set of `(position, member)` in step, a removal and an insertion: in a room of
+/// ten that keeps up, 7.7% of the processing thread (BENCHMARKS.md, 7 December). A small room
+/// keeps only the lowest position and how many members hold it, and scans its members when
+/// the last of them moves on or leaves: once per message in a room whose members all read it.
+#[derive(Debug)]
+enum Positions {
+    /// A room of at most [`SCAN_MEMBERS`]: its lowest position (`u64::MAX` when empty) and
+    /// how many members hold it.
+    Lowest { pos: u64, count: u32 },
+    /// A larger room: every member's `(position, id)`, ordered.
+    Ordered(BTreeSet<(u64, Id)>),
+}
+
+impl Positions {
+    fn lowest_of(members: &HashMap<Id, Member>) -> Positions {
+        let (mut pos, mut count) = (u64::MAX, 0);
+        for m in members.values() {
+            if m.pos < pos {
+                (pos, count) = (m.pos, 1);
+            } else if m.pos == pos {
+                count += 1;
+            }
+        }
+        Positions::Lowest { pos, count }
+    }
+}
+
 impl Room {
     pub fn new(id: Id) -> Self {
         Room {
@@ -129,7 +161,7 @@ impl Room {
             last_seq: 0,
             next_park_seq: 0,
             members: HashMap::default(),
-            by_pos: BTreeSet::new(),
+            positions: Positions::Lowest { pos: u64::MAX, count: 0 },
             pending: BTreeMap::new(),
             pending_ids: HashMap::default(),
             with_readers: BTreeSet::new(),
@@ -152,7 +184,22 @@ impl Room {
 
     /// `W`: the lowest read position of a member, `u64::MAX` (+inf) in an empty room.
     pub fn frontier(&self) -> u64 {
-        self.by_pos.first().map_or(u64::MAX, |(pos, _)| *pos)
+        match &self.positions {
+            Positions::Lowest { pos, .. } => *pos,
+            Positions::Ordered(by_pos) => by_pos.first().map_or(u64::MAX, |(pos, _)| *pos),
+        }
+    }
+
+    /// The members and their read positions in `(position, id)` order, for the queries.
+    pub fn by_position(&self) -> Vec<(u64, &Id)> {
+        match &self.positions {
+            Positions::Lowest { .. } => {
+                let mut v: Vec<(u64, &Id)> = self.members.iter().map(|(u, m)| (m.pos, u)).collect();
+                v.sort_unstable();
+                v
+            }
+            Positions::Ordered(by_pos) => by_pos.iter().map(|(pos, u)| (*pos, u)).collect(),
+        }
     }
 
     /// State entries held, the unit of the cache's budget.
@@ -255,8 +302,24 @@ impl Room {
                 member.listed = true;
                 self.dirty.members.push(user.clone());
             }
-            self.by_pos.remove(&(old, user.clone()));
-            self.by_pos.insert((pos, user.clone()));
+            match &mut self.positions {
+                Positions::Lowest { pos: lowest, count } => {
+                    if old == *lowest {
+                        *count -= 1;
+                    }
+                    if *count == 0 {
+                        self.positions = Positions::lowest_of(&self.members);
+                    } else if pos < *lowest {
+                        (*lowest, *count) = (pos, 1);
+                    } else if pos == *lowest {
+                        *count += 1;
+                    }
+                }
+                Positions::Ordered(by_pos) => {
+                    by_pos.remove(&(old, user.clone()));
+                    by_pos.insert((pos, user.clone()));
+                }
+            }
         }
         old
     }
@@ -267,15 +330,49 @@ impl Room {
     }
 
     pub fn add_member(&mut self, user: Id, pos: u64) {
-        self.by_pos.insert((pos, user.clone()));
         self.dirty.members.push(user.clone());
-        self.members.insert(user, Member { pos, listed: true });
+        self.insert_member(user, Member { pos, listed: true });
+    }
+
+    /// Adds a member, and its position to `positions`.
+    fn insert_member(&mut self, user: Id, member: Member) {
+        let pos = member.pos;
+        match &mut self.positions {
+            Positions::Lowest { .. } if self.members.len() >= SCAN_MEMBERS => {
+                let mut by_pos: BTreeSet<(u64, Id)> = self.members.iter().map(|(u, m)| (m.pos, u.clone())).collect();
+                by_pos.insert((pos, user.clone()));
+                self.positions = Positions::Ordered(by_pos);
+            }
+            Positions::Lowest { pos: lowest, count } => {
+                if pos < *lowest {
+                    (*lowest, *count) = (pos, 1);
+                } else if pos == *lowest {
+                    *count += 1;
+                }
+            }
+            Positions::Ordered(by_pos) => {
+                by_pos.insert((pos, user.clone()));
+            }
+        }
+        self.members.insert(user, member);
     }
 
     /// Removes a member; returns its read position.
     pub fn remove_member(&mut self, user: &Id) -> Option<u64> {
         let member = self.members.remove(user)?;
-        self.by_pos.remove(&(member.pos, user.clone()));
+        match &mut self.positions {
+            Positions::Lowest { pos, count } => {
+                if member.pos == *pos {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.positions = Positions::lowest_of(&self.members);
+                    }
+                }
+            }
+            Positions::Ordered(by_pos) => {
+                by_pos.remove(&(member.pos, user.clone()));
+            }
+        }
         if !member.listed {
             self.dirty.members.push(user.clone());
         }
@@ -287,9 +384,16 @@ impl Room {
         let Some(p) = self.pending.get(&seq) else {
             return false;
         };
-        // Members below `seq` in position order; usually the first one is not a reader and
-        // the scan stops at once. It never visits more than |R(m)| + 1 members.
-        self.by_pos.iter().take_while(|(pos, _)| *pos < seq).all(|(_, user)| p.readers.binary_search(user).is_ok())
+        let covered = |user: &Id| p.readers.binary_search(user).is_ok();
+        match &self.positions {
+            Positions::Lowest { pos, .. } if *pos >= seq => true,
+            Positions::Lowest { .. } => self.members.iter().all(|(user, m)| m.pos >= seq || covered(user)),
+            // Members below `seq` in position order; usually the first one is not a reader and
+            // the scan stops at once. It never visits more than |R(m)| + 1 members.
+            Positions::Ordered(by_pos) => {
+                by_pos.iter().take_while(|(pos, _)| *pos < seq).all(|(_, user)| covered(user))
+            }
+        }
     }
 
     pub fn insert_pending(&mut self, seq: u64, p: Pending) {
@@ -426,8 +530,7 @@ impl Room {
     }
 
     fn load_member(&mut self, user: Id, pos: u64) {
-        self.by_pos.insert((pos, user.clone()));
-        self.members.insert(user, Member { pos, listed: false });
+        self.insert_member(user, Member { pos, listed: false });
     }
 
     /// Writes the members' changes: a small room's as one value of them all, a larger room's
@@ -573,6 +676,7 @@ impl Room {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use proptest::prelude::*;
 
     /// Commits the room's changes to `store`; returns the batch.
     fn flush(room: &mut Room, store: &mut MemoryStore) -> WriteBatch {
@@ -603,6 +707,79 @@ mod tests {
         let mut v: Vec<(String, u64)> = room.members.iter().map(|(u, m)| (u.to_string(), m.pos)).collect();
         v.sort();
         v
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Join(u8, u64),
+        Leave(u8),
+        Move(u8, u64),
+    }
+
+    proptest! {
+        /// Rooms that grow past [`SCAN_MEMBERS`] and shrink again, against the members' own
+        /// positions: the frontier, the members in position order, and whether a message's
+        /// reader set covers every member below it, after each change and after a reload.
+        #[test]
+        fn the_frontier_and_the_order_of_positions_are_the_members_own_below_and_above_the_scan_bound(
+            ops in prop::collection::vec(
+                prop_oneof![
+                    4 => (0..48u8, 0..12u64).prop_map(|(u, p)| Op::Join(u, p)),
+                    1 => (0..48u8).prop_map(Op::Leave),
+                    4 => (0..48u8, 0..12u64).prop_map(|(u, p)| Op::Move(u, p)),
+                ],
+                1..400,
+            ),
+            readers in prop::collection::btree_set(0..48u8, 0..12),
+            seq in 1..12u64,
+        ) {
+            let user = |i: u8| -> Id { format!("u{i:02}").into() };
+            let readers: Vec<Id> = readers.into_iter().map(user).collect();
+            let pending = Pending {
+                message_id: "m".into(),
+                sender_id: "s".into(),
+                sent_at: 0,
+                required: 1,
+                expire_at: 0,
+                readers: readers.clone(),
+                persisted: false,
+            };
+            let mut room = Room::new("r".into());
+            room.insert_pending(seq, pending);
+            let mut model: BTreeMap<Id, u64> = BTreeMap::new();
+            let check = |room: &Room, model: &BTreeMap<Id, u64>| -> Result<(), TestCaseError> {
+                let mut want: Vec<(u64, Id)> = model.iter().map(|(u, &p)| (p, u.clone())).collect();
+                want.sort();
+                prop_assert_eq!(room.frontier(), want.first().map_or(u64::MAX, |(p, _)| *p));
+                let got: Vec<(u64, Id)> = room.by_position().into_iter().map(|(p, u)| (p, u.clone())).collect();
+                prop_assert_eq!(&got, &want);
+                let covered = want.iter().all(|(p, u)| *p >= seq || readers.contains(u));
+                prop_assert_eq!(room.readers_cover(seq), covered);
+                Ok(())
+            };
+            for op in ops {
+                match op {
+                    Op::Join(u, p) => {
+                        if let std::collections::btree_map::Entry::Vacant(e) = model.entry(user(u)) {
+                            room.add_member(user(u), p);
+                            e.insert(p);
+                        }
+                    }
+                    Op::Leave(u) => prop_assert_eq!(room.remove_member(&user(u)), model.remove(&user(u))),
+                    Op::Move(u, p) => {
+                        if let Some(old) = model.get_mut(&user(u)) {
+                            prop_assert_eq!(room.set_pos(&user(u), p), *old);
+                            *old = p;
+                        }
+                    }
+                }
+                check(&room, &model)?;
+            }
+            let mut store = MemoryStore::new();
+            flush(&mut room, &mut store);
+            let loaded = Room::load(&store, "r".into()).unwrap();
+            check(&loaded, &model)?;
+        }
     }
 
     #[test]

@@ -89,9 +89,9 @@ impl<S: KvStore> Engine<S> {
             frontier: (w != u64::MAX).then_some(w),
             member_count: room.members.len(),
             members: room
-                .by_pos
-                .iter()
-                .map(|(pos, user)| MemberPosition { user_id: user.to_string(), read_position: *pos })
+                .by_position()
+                .into_iter()
+                .map(|(pos, user)| MemberPosition { user_id: user.to_string(), read_position: pos })
                 .collect(),
             pending_count: room.pending.len(),
             oldest_pending: room.pending.iter().next().map(|(&seq, p)| PendingSummary {
@@ -112,8 +112,8 @@ impl<S: KvStore> Engine<S> {
             let p = &room.pending[&seq];
             let mut readers = Vec::new();
             let mut missing = Vec::new();
-            for (pos, user) in &room.by_pos {
-                if *pos >= seq || p.readers.binary_search(user).is_ok() {
+            for (pos, user) in room.by_position() {
+                if pos >= seq || p.readers.binary_search(user).is_ok() {
                     readers.push(user.to_string());
                 } else {
                     missing.push(user.to_string());
@@ -144,7 +144,7 @@ impl<S: KvStore> Engine<S> {
             MarkerState::Untracked => (MessageStatus::Untracked, None),
         };
         let mut readers: Vec<String> =
-            room.by_pos.iter().filter(|(pos, _)| *pos >= m.seq).map(|(_, u)| u.to_string()).collect();
+            room.by_position().into_iter().filter(|(pos, _)| *pos >= m.seq).map(|(_, u)| u.to_string()).collect();
         readers.sort();
         Ok(Some(MessageView {
             room_id: room_id.to_string(),
