@@ -286,6 +286,10 @@ impl<S: KvStore> Engine<S> {
     pub fn take_emitted(&mut self) -> Vec<ReceiptComplete> {
         std::mem::take(&mut self.emitted)
     }
+    /// As [`Engine::take_emitted`], keeping the engine's buffer for the next ones.
+    pub fn drain_emitted(&mut self) -> std::vec::Drain<'_, ReceiptComplete> {
+        self.emitted.drain(..)
+    }
     pub fn has_uncommitted(&self) -> bool {
         !self.dirty_rooms.is_empty() || !self.side.writes.is_empty()
     }
@@ -836,6 +840,17 @@ fn expire_pending(room: &mut Room, ctx: &mut Ctx, id: &[u8], at: Millis) -> Resu
 /// set, because only their condition changed.
 fn settle(room: &mut Room, ctx: &mut Ctx, touched: RangeInclusive<u64>) {
     let w = room.frontier();
+    if room.with_readers.is_empty() {
+        // Only the frontier completes anything, lowest seq first; completing changes no
+        // member's position, so `w` holds throughout.
+        while let Some((&seq, _)) = room.pending.first_key_value() {
+            if seq > w {
+                break;
+            }
+            complete(room, ctx, seq);
+        }
+        return;
+    }
     let mut done: Vec<u64> = room.pending.range(..=w).map(|(&seq, _)| seq).collect();
     if !room.with_readers.is_empty() {
         let by_readers = room.with_readers.range(touched).copied().filter(|&seq| seq > w && room.readers_cover(seq));

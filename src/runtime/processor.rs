@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::local::LocalIntCounter;
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -70,7 +70,7 @@ use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
 use super::router::{Backlog, Body, InputBuffer, InputDecoder, Polled, Raw, Taken};
 use super::shortcut::{Acks, Route, Shortcut};
-use super::task::{changelog_records, Applied, ChangelogRecord, Task, TaskError};
+use super::task::{changelog_records, ChangelogRecord, Completed, Task, TaskError};
 use super::RuntimeError;
 use crate::codec::{encode_receipt, DecodeError};
 use crate::config::Config;
@@ -403,6 +403,13 @@ pub struct Processor {
     /// ([`Processor::flush_input_counts`]).
     room_input: (LocalIntCounter, LocalIntCounter),
     read_input: (LocalIntCounter, LocalIntCounter),
+    /// The receipts the records applied since the last [`Processor::emit`] completed, with
+    /// each one's last read's timestamp; kept, emptied, from one batch to the next.
+    outbox: Vec<Completed>,
+    /// `allread_receipts_emitted_total`, `allread_message_to_receipt_seconds` and
+    /// `allread_last_read_to_receipt_seconds`, counted here and added to the metrics once per
+    /// batch of receipts, as the input counts are.
+    receipt_metrics: (LocalIntCounter, LocalHistogram, LocalHistogram),
     /// Input partitions: the next offset to commit, for records routed since the last commit.
     routed: crate::receipts::HashMap<String, crate::receipts::HashMap<i32, i64>>,
     /// Repartition offsets last committed to Kafka, so that idle commits send nothing.
@@ -475,6 +482,12 @@ impl Processor {
             read_input: (
                 metrics.input_records.with_label_values(&["read"]).local(),
                 metrics.input_bytes.with_label_values(&["read"]).local(),
+            ),
+            outbox: Vec::new(),
+            receipt_metrics: (
+                metrics.receipts.local(),
+                metrics.message_to_receipt.local(),
+                metrics.last_read_to_receipt.local(),
             ),
             cfg,
             producer,
@@ -714,22 +727,23 @@ impl Processor {
     fn apply_local(&mut self, partition: i32, records: &mut Vec<Bound>, now: Millis) -> Result<(), RuntimeError> {
         // Read in place and dropped together after: moving each record out of the vector
         // copied it (over a hundred bytes) once more.
+        let (mut taken, mut skipped) = (0, 0);
         let applied = records.iter().try_for_each(|b| {
             let task = self.tasks.get_mut(&partition).expect("a lane opens only for a task held here");
+            taken += 1;
             let applied = task
-                .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), &b.event, now)
+                .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), &b.event, now, &mut self.outbox)
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
-            self.metrics.shortcut.inc();
-            match applied {
-                Some(applied) => self.emit(applied, now),
-                None => {
-                    self.metrics.duplicates_skipped.inc();
-                    Ok(())
-                }
-            }
+            skipped += u64::from(!applied);
+            Ok(())
         });
+        self.metrics.shortcut.inc_by(taken);
+        self.metrics.duplicates_skipped.inc_by(skipped);
         records.clear();
-        applied
+        // What was applied before a failure is sent all the same, as it was when each
+        // record's receipts were sent at once.
+        let emitted = self.emit(now);
+        applied.and(emitted)
     }
 
     /// The records routing staged for local tasks in this batch -> their tasks, task by task
@@ -801,31 +815,47 @@ impl Processor {
     }
 
     /// Produces the receipts an applied record completed.
-    fn emit(&mut self, applied: Applied, now: Millis) -> Result<(), RuntimeError> {
-        if applied.receipts.is_empty() {
-            return Ok(()); // most events complete nothing: no topic handle for them
+    fn emit(&mut self, now: Millis) -> Result<(), RuntimeError> {
+        if self.outbox.is_empty() {
+            return Ok(()); // most batches of a few events complete nothing: no topic handle
         }
-        // One topic handle for the batch (see `kafka::send_with_opaque`), and the batch counted
-        // outstanding under the epoch at once, as a commit counts its changelog records.
+        let outbox = std::mem::take(&mut self.outbox);
+        let sent = self.send_receipts(&outbox, now);
+        self.outbox = outbox;
+        self.outbox.clear();
+        sent
+    }
+
+    /// `receipts` -> the output topic, through one topic handle (see
+    /// `kafka::send_with_opaque`), counted outstanding under the epoch at once, as a commit
+    /// counts its changelog records.
+    fn send_receipts(&mut self, receipts: &[Completed], now: Millis) -> Result<(), RuntimeError> {
         let output = crate::kafka::TopicHandle::with_opaques(&self.producer, &self.cfg.topics.output)?;
         let context = self.producer.context();
-        let count = applied.receipts.len();
+        let count = receipts.len();
         context.add_outstanding(self.epoch, count as i64);
-        for (i, r) in applied.receipts.iter().enumerate() {
-            self.metrics.receipts.inc();
-            self.metrics.message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
-            self.metrics.last_read_to_receipt.observe((now - applied.source_timestamp).max(0) as f64 / 1000.0);
+        let (emitted, message_to_receipt, last_read_to_receipt) = &self.receipt_metrics;
+        for (i, (last_read, r)) in receipts.iter().enumerate() {
             let value = encode_receipt(r);
             if let Err(e) = crate::kafka::send_with_opaque(&output, r.room_id.as_bytes(), &value, self.epoch as usize) {
                 // This receipt and the ones after it were not sent.
                 context.add_outstanding(self.epoch, -((count - i) as i64));
+                emitted.flush();
+                message_to_receipt.flush();
+                last_read_to_receipt.flush();
                 return Err(e.into());
             }
+            emitted.inc();
+            message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
+            last_read_to_receipt.observe((now - last_read).max(0) as f64 / 1000.0);
             self.sent += 1;
             if let Some(f) = self.on_receipt.as_mut() {
                 f(r);
             }
         }
+        emitted.flush();
+        message_to_receipt.flush();
+        last_read_to_receipt.flush();
         Ok(())
     }
 
@@ -888,12 +918,12 @@ impl Processor {
             return Ok(());
         }
         let payload = m.raw().map_or(&[][..], Raw::payload);
-        match task.process(m.offset, payload, now) {
-            Ok(None) => {
+        match task.process(m.offset, payload, now, &mut self.outbox) {
+            Ok(false) => {
                 self.metrics.duplicates_skipped.inc();
                 Ok(())
             }
-            Ok(Some(applied)) => self.emit(applied, now),
+            Ok(true) => self.emit(now),
             Err(TaskError::Envelope(e)) => {
                 let _task = info_span!("task", task = partition).entered();
                 // Only allread writes this topic; a record it cannot read is a bug or a

@@ -87,11 +87,8 @@ pub struct TaskFigures {
     pub rocksdb_block_cache_bytes: u64,
 }
 
-/// What one routed record did.
-pub struct Applied {
-    pub source_timestamp: Millis,
-    pub receipts: Vec<ReceiptComplete>,
-}
+/// A receipt a record completed, and the timestamp of that record (the last read).
+pub type Completed = (Millis, ReceiptComplete);
 
 fn source_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut key = PREFIX_SOURCE.to_vec();
@@ -179,17 +176,25 @@ impl Task {
 
     /// Applies the repartition record at `offset`. A record whose source position was
     /// applied before is skipped (counted in `skipped_duplicates`).
-    pub fn process(&mut self, offset: i64, payload: &[u8], now: Millis) -> Result<Option<Applied>, TaskError> {
+    pub fn process(
+        &mut self,
+        offset: i64,
+        payload: &[u8],
+        now: Millis,
+        receipts: &mut Vec<Completed>,
+    ) -> Result<bool, TaskError> {
         self.next_offset = Some(offset + 1);
         self.uncommitted = true;
         let Routed { source, event } = envelope::decode(payload)?;
-        Ok(self.apply(&source.topic, source.partition, source.offset, source.timestamp, &event, now)?)
+        Ok(self.apply(&source.topic, source.partition, source.offset, source.timestamp, &event, now, receipts)?)
     }
 
     /// Applies the event of input record `topic`/`partition`/`offset`, which reached the task
     /// through the repartition topic or the local shortcut (see `shortcut`); skipped when
-    /// that input position was applied before. The caller keeps each input partition's
-    /// records in offset order.
+    /// that input position was applied before (`false`). The caller keeps each input
+    /// partition's records in offset order. The receipts it completes are appended to
+    /// `receipts`, with `source_timestamp`.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         topic: &str,
@@ -198,12 +203,13 @@ impl Task {
         source_timestamp: Millis,
         event: &Event,
         now: Millis,
-    ) -> Result<Option<Applied>, EngineError> {
+        receipts: &mut Vec<Completed>,
+    ) -> Result<bool, EngineError> {
         // The source partition's position, looked up once: this runs for every record.
         let known = self.sources.get_mut(topic).and_then(|t| t.partitions.get_mut(&partition).map(|p| (&t.topic, p)));
         if known.as_ref().is_some_and(|(_, (applied, _))| offset <= *applied) {
             self.skipped_duplicates += 1;
-            return Ok(None);
+            return Ok(false);
         }
         self.engine.apply(event, now)?;
         self.uncommitted = true;
@@ -229,7 +235,8 @@ impl Task {
                 self.dirty_sources.push((positions.topic.clone(), partition));
             }
         }
-        Ok(Some(Applied { source_timestamp, receipts: self.engine.take_emitted() }))
+        receipts.extend(self.engine.drain_emitted().map(|r| (source_timestamp, r)));
+        Ok(true)
     }
 
     pub fn tick(&mut self, now: Millis) -> Result<(), EngineError> {
@@ -407,7 +414,7 @@ mod tests {
 
     /// Applies a join as input record `topic`/`partition`/`offset`: whether it was applied.
     fn apply(task: &mut Task, topic: &str, partition: i32, offset: i64) -> bool {
-        task.apply(topic, partition, offset, 0, &join(&format!("u{offset}")), 1).expect("applies").is_some()
+        task.apply(topic, partition, offset, 0, &join(&format!("u{offset}")), 1, &mut Vec::new()).expect("applies")
     }
 
     /// Every key and value of the task's store but `_c`, in key order.
@@ -465,7 +472,7 @@ mod tests {
             read("m1"),
         ];
         for (offset, event) in events.iter().enumerate() {
-            assert!(task.apply("t", 0, offset as i64, 0, event, 10).unwrap().is_some());
+            assert!(task.apply("t", 0, offset as i64, 0, event, 10, &mut Vec::new()).unwrap());
         }
         commit_to(&mut task, &mut changelog);
         let entries = |contents: &[(Vec<u8>, Vec<u8>)], kind: u8| {
@@ -481,7 +488,7 @@ mod tests {
         // nothing for its entry, which must go with it when restored, whether the pending
         // message's put is in the same round of the restore or in the store already.
         let first = changelog.len();
-        assert!(task.apply("t", 0, 5, 0, &read("m2"), 10).unwrap().is_some());
+        assert!(task.apply("t", 0, 5, 0, &read("m2"), 10, &mut Vec::new()).unwrap());
         commit_to(&mut task, &mut changelog);
         let own = contents(&mut task);
         assert_eq!(entries(&own, persist::EXPIRE_MARKER), 2);
