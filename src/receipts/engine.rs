@@ -852,11 +852,9 @@ fn settle(room: &mut Room, ctx: &mut Ctx, touched: RangeInclusive<u64>) {
         return;
     }
     let mut done: Vec<u64> = room.pending.range(..=w).map(|(&seq, _)| seq).collect();
-    if !room.with_readers.is_empty() {
-        let by_readers = room.with_readers.range(touched).copied().filter(|&seq| seq > w && room.readers_cover(seq));
-        done.extend(by_readers.collect::<Vec<_>>());
-        done.sort_unstable();
-    }
+    let by_readers = room.with_readers.range(touched).copied().filter(|&seq| seq > w && room.readers_cover(seq));
+    done.extend(by_readers.collect::<Vec<_>>());
+    done.sort_unstable();
     for seq in done {
         complete(room, ctx, seq);
     }
