@@ -730,10 +730,10 @@ impl Processor {
         let (mut taken, mut skipped) = (0, 0);
         let applied = records.iter().try_for_each(|b| {
             let task = self.tasks.get_mut(&partition).expect("a lane opens only for a task held here");
-            taken += 1;
             let applied = task
                 .apply(&b.topic, b.partition, b.offset, b.timestamp.unwrap_or(0), &b.event, now, &mut self.outbox)
                 .map_err(|source| RuntimeError::Engine { partition, source })?;
+            taken += 1;
             skipped += u64::from(!applied);
             Ok(())
         });
