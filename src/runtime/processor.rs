@@ -838,15 +838,14 @@ impl Processor {
         let count = receipts.len();
         context.add_outstanding(self.epoch, count as i64);
         let (emitted, message_to_receipt, last_read_to_receipt) = &self.receipt_metrics;
+        let mut sent = Ok(());
         for (i, (last_read, r)) in receipts.iter().enumerate() {
             let value = encode_receipt(r);
             if let Err(e) = crate::kafka::send_with_opaque(&output, r.room_id.as_bytes(), &value, self.epoch as usize) {
                 // This receipt and the ones after it were not sent.
                 context.add_outstanding(self.epoch, -((count - i) as i64));
-                emitted.flush();
-                message_to_receipt.flush();
-                last_read_to_receipt.flush();
-                return Err(e.into());
+                sent = Err(e.into());
+                break;
             }
             emitted.inc();
             message_to_receipt.observe((now - r.sent_at).max(0) as f64 / 1000.0);
@@ -856,10 +855,11 @@ impl Processor {
                 f(r);
             }
         }
+        // What was sent is counted, whether or not all of it was.
         emitted.flush();
         message_to_receipt.flush();
         last_read_to_receipt.flush();
-        Ok(())
+        sent
     }
 
     /// The record, unchanged, to `<application_id>-dlq`, with headers saying where it came
