@@ -564,7 +564,9 @@ impl Processor {
     pub fn handle_batch(&mut self, consumer: &Consumer_, records: &mut Vec<Polled>) -> Result<(), RuntimeError> {
         let mut repartitioned = Vec::new();
         for m in records.drain(..) {
-            if self.is_repartition(&m.topic) {
+            // Only a record kept as it came can be the repartition topic's (an input record is
+            // decoded as it is polled): the others' topics need no comparison.
+            if matches!(m.body, Body::Raw(_)) && self.is_repartition(&m.topic) {
                 repartitioned.push(m);
             } else {
                 self.inputs.push(m);
@@ -615,7 +617,13 @@ impl Processor {
     /// Input record -> its task, directly if the task is here and its lane is open (see
     /// `shortcut`), else through the repartition topic (by room); or -> dead letters.
     fn route(&mut self, m: Polled) -> Result<(), RuntimeError> {
-        let (records, bytes) = if *m.topic == self.cfg.topics.read { &self.read_input } else { &self.room_input };
+        // A decoded record's event says which topic it came from: the read topic's decode as
+        // reads, the room topics' as room events. Only one kept as it came compares names.
+        let read = match &m.body {
+            Body::Event { event, .. } => matches!(event, Event::Read { .. }),
+            Body::Raw(_) => *m.topic == self.cfg.topics.read,
+        };
+        let (records, bytes) = if read { &self.read_input } else { &self.room_input };
         records.inc();
         let Polled { topic, partition, offset, timestamp, body } = m;
         let event = match body {
