@@ -297,8 +297,9 @@ fn flat_string(text: &str, i: usize) -> Option<(&str, usize)> {
 }
 
 /// The index of the first byte of `b` that ends a string without escapes: a quote, a
-/// backslash or a control character. Eight bytes at a time: a read's three ids and four keys
-/// were a third of decoding it, a byte at a time.
+/// backslash or a control character. Eight bytes at a time: a byte at a time, the scan was
+/// the largest single function in a profile of `cargo bench --bench decode` (17% of its
+/// samples; a read has four keys and three ids to scan).
 #[inline(always)]
 fn string_end(b: &[u8]) -> Option<usize> {
     let mut chunks = b.chunks_exact(8);
