@@ -851,10 +851,10 @@ fn settle(room: &mut Room, ctx: &mut Ctx, touched: RangeInclusive<u64>) {
         }
         return;
     }
+    // In seq order as collected: those at or below `w` ascending, then those above it
+    // ascending. No second vector for the latter and no sort.
     let mut done: Vec<u64> = room.pending.range(..=w).map(|(&seq, _)| seq).collect();
-    let by_readers = room.with_readers.range(touched).copied().filter(|&seq| seq > w && room.readers_cover(seq));
-    done.extend(by_readers.collect::<Vec<_>>());
-    done.sort_unstable();
+    done.extend(room.with_readers.range(touched).copied().filter(|&seq| seq > w && room.readers_cover(seq)));
     for seq in done {
         complete(room, ctx, seq);
     }
