@@ -184,6 +184,11 @@ struct SimArgs {
     /// system under test after it appears, so that the two do not share the CPU meanwhile).
     #[arg(long)]
     ready_file: Option<std::path::PathBuf>,
+    /// Write the read -> receipt latency second by second of the chat (live only; the
+    /// warm-up included) to this file: the second its completing event was due, receipts,
+    /// p50, p99, max (ms), tab-separated. Shows when a tail happened, not only how long.
+    #[arg(long)]
+    latency_timeline: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -218,6 +223,7 @@ impl SimArgs {
             warmup: std::time::Duration::from_secs(self.warmup),
             clients: self.clients,
             ready_file: self.ready_file.clone(),
+            latency_timeline: self.latency_timeline.clone(),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Options {
     /// that a benchmark starts the system under test only then (computing the ground truth
     /// takes a core for seconds).
     pub ready_file: Option<std::path::PathBuf>,
+    /// Where to write the latency second by second (see [`latency_timeline`]).
+    pub latency_timeline: Option<std::path::PathBuf>,
 }
 
 /// What a check found.
@@ -325,6 +327,18 @@ struct Polled {
     last_receipt_ms: i64,
 }
 
+impl Polled {
+    /// Room for every expected receipt from the start. Growing the map doubles it, and moves
+    /// every receipt seen so far, on the thread that stamps arrivals: at a million receipts
+    /// that stalled it for over a second, and every receipt arriving meanwhile was stamped
+    /// late by up to that much (a spike in each latency run's p99; BENCHMARKS.md, 7 December,
+    /// a twenty-first session).
+    fn expecting(expected: usize) -> Polled {
+        // A little more for receipts the model does not expect (counted, and reported).
+        Polled { seen: HashMap::with_capacity(expected + expected / 64 + 16), ..Polled::default() }
+    }
+}
+
 impl Checker {
     fn start(opts: &Options, expected: usize) -> anyhow::Result<Checker> {
         let consumer: BaseConsumer = client(&opts.bootstrap)
@@ -371,6 +385,7 @@ impl Checker {
             ..Report::default()
         };
         let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("valid bounds");
+        let mut by_due = Vec::new();
         for (key, r) in &expected {
             match seen.get(key) {
                 None => report.missing += 1,
@@ -387,11 +402,17 @@ impl Checker {
                     // From when the completing event was due, not when it happened to be sent:
                     // an open-loop measure, free of coordinated omission.
                     let since_start = (r.completed_at as f64 / opts.speed) as i64;
+                    let late = (s.arrived_ms - (epoch + since_start)).max(1);
                     if since_start >= opts.warmup.as_millis() as i64 {
-                        let _ = latency.record((s.arrived_ms - (epoch + since_start)).max(1) as u64);
+                        let _ = latency.record(late as u64);
                     }
+                    by_due.push((since_start, late));
                 }
             }
+        }
+        if let (true, Some(path)) = (opts.live, &opts.latency_timeline) {
+            std::fs::write(path, latency_timeline(by_due))
+                .with_context(|| format!("writing the latency timeline to {}", path.display()))?;
         }
         report.unexpected = seen.keys().filter(|k| !expected.contains_key(*k)).count();
         let mut arrivals: Vec<i64> = seen.values().map(|s| s.arrived_ms).collect();
@@ -433,7 +454,7 @@ fn poll_receipts(
     produced: &AtomicBool,
     wait: Duration,
 ) -> anyhow::Result<Polled> {
-    let mut polled = Polled::default();
+    let mut polled = Polled::expecting(expected);
     let mut deadline: Option<Instant> = None;
     let mut last_new = Instant::now();
     loop {
@@ -615,6 +636,23 @@ pub fn passthrough(
     Ok(())
 }
 
+/// `(ms since the chat began that a receipt's completing event was due, its latency in ms)`,
+/// one per receipt, summed up second by second: a line per second with receipts, `second
+/// receipts p50 p99 max`, tab-separated (each a nearest-rank percentile of that second's).
+fn latency_timeline(mut by_due: Vec<(i64, i64)>) -> String {
+    by_due.sort_unstable();
+    let mut out = String::from("second\treceipts\tp50_ms\tp99_ms\tmax_ms\n");
+    for second in by_due.chunk_by(|a, b| a.0.div_euclid(1000) == b.0.div_euclid(1000)) {
+        let mut ms: Vec<i64> = second.iter().map(|&(_, late)| late).collect();
+        ms.sort_unstable();
+        let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+        let line = [second[0].0.div_euclid(1000), ms.len() as i64, rank(0.5), rank(0.99), ms[ms.len() - 1]];
+        out.push_str(&line.map(|v| v.to_string()).join("\t"));
+        out.push('\n');
+    }
+    out
+}
+
 /// A latency histogram (ms) for people on stderr and as the `RESULT` line `scripts/bench` parses.
 fn print_latency(what: &str, h: &Histogram<u64>) {
     let q = |q: f64| h.value_at_quantile(q);
@@ -681,6 +719,29 @@ mod tests {
                 }
                 v
             }
+        }
+    }
+
+    #[test]
+    fn the_latency_timeline_sums_up_each_second_of_due_times_with_nearest_rank_percentiles() {
+        // Second 0: latencies 1..=100 in a shuffled order; second 2: one receipt; second 1:
+        // none, so no line; a receipt due before the chat (a join's at -1 ms) is second -1.
+        let mut by_due: Vec<(i64, i64)> = (1..=100).map(|l| ((l * 37) % 1000, (l * 53) % 100 + 1)).collect();
+        by_due.push((2_500, 7));
+        by_due.push((-1, 4));
+        by_due.reverse();
+        let lines: Vec<String> = latency_timeline(by_due).lines().map(str::to_string).collect();
+        assert_eq!(
+            lines,
+            ["second\treceipts\tp50_ms\tp99_ms\tmax_ms", "-1\t1\t4\t4\t4", "0\t100\t50\t99\t100", "2\t1\t7\t7\t7"]
+        );
+    }
+
+    #[test]
+    fn the_checker_has_room_for_every_expected_receipt_before_the_first_arrives() {
+        // A map that grows while receipts arrive stamps them late (see `Polled::expecting`).
+        for expected in [0, 1, 1_000, 1_157_684] {
+            assert!(Polled::expecting(expected).seen.capacity() >= expected, "{expected}");
         }
     }
 
