@@ -446,6 +446,27 @@ impl Checker {
     }
 }
 
+/// The fields of an output receipt the check compares, read straight from its JSON (the
+/// checker reads them on the thread that stamps arrivals, beside the system under test). A
+/// field that is missing compares unequal: `seq` 0 (sequences start at 1), no count of
+/// required readers.
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct OutputReceipt<'a> {
+    #[serde(borrow)]
+    room_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    message_id: std::borrow::Cow<'a, str>,
+    seq: u64,
+    required_readers: u64,
+}
+
+impl Default for OutputReceipt<'_> {
+    fn default() -> Self {
+        OutputReceipt { room_id: "".into(), message_id: "".into(), seq: 0, required_readers: u64::MAX }
+    }
+}
+
 /// The checker's thread: reads receipts until every expected one arrived and two quiet seconds
 /// passed (three more for late duplicates), or until `wait` after the chat was produced.
 fn poll_receipts(
@@ -481,8 +502,9 @@ fn poll_receipts(
             Some(Err(e)) => return Err(e).context("reading the output"),
         };
         let arrived_ms = now_ms();
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-        let key = (v["room_id"].as_str().unwrap_or("").to_string(), v["message_id"].as_str().unwrap_or("").to_string());
+        // What cannot be read as a receipt counts under the empty key, an unexpected one.
+        let v: OutputReceipt = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        let key = (v.room_id.into_owned(), v.message_id.into_owned());
         polled.received += 1;
         if polled.received == 1 {
             polled.first_receipt_ms = arrived_ms;
@@ -498,14 +520,7 @@ fn poll_receipts(
             let soon = Instant::now() + Duration::from_secs(3);
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
         }
-        polled.seen.insert(
-            key,
-            Seen {
-                seq: v["seq"].as_u64().unwrap_or(0),
-                required: v["required_readers"].as_u64().unwrap_or(u64::MAX),
-                arrived_ms,
-            },
-        );
+        polled.seen.insert(key, Seen { seq: v.seq, required: v.required_readers, arrived_ms });
     }
 }
 
@@ -735,6 +750,19 @@ mod tests {
             lines,
             ["second\treceipts\tp50_ms\tp99_ms\tmax_ms", "-1\t1\t4\t4\t4", "0\t100\t50\t99\t100", "2\t1\t7\t7\t7"]
         );
+    }
+
+    #[test]
+    fn the_checker_reads_a_receipts_key_and_counts_and_takes_what_is_missing_or_garbled_for_unequal() {
+        let read = |bytes: &[u8]| -> (String, String, u64, u64) {
+            let v: OutputReceipt = serde_json::from_slice(bytes).unwrap_or_default();
+            (v.room_id.into_owned(), v.message_id.into_owned(), v.seq, v.required_readers)
+        };
+        let full = br#"{"room_id":"r\"1","message_id":"m\u00e91","sender_id":"u1",
+            "seq":7,"sent_at":"2026-12-07T05:00:00.000Z","completed_at":"2026-12-07T05:00:01.000Z","required_readers":9}"#;
+        assert_eq!(read(full), ("r\"1".into(), "m\u{e9}1".into(), 7, 9));
+        assert_eq!(read(br#"{"room_id":"r1","message_id":"m1"}"#), ("r1".into(), "m1".into(), 0, u64::MAX));
+        assert_eq!(read(b"not json"), (String::new(), String::new(), 0, u64::MAX));
     }
 
     #[test]
