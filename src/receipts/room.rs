@@ -123,7 +123,7 @@ enum MarkerIds {
 }
 
 /// The most marker ids a busy room's filter holds (see [`MarkerIds::Filter`]): 10 bits each,
-/// 40 KiB a room, counted in the cache's budget as the state entries the same bytes make.
+/// 40 KiB a room, counted in the cache's budget as the 256 state entries the same bytes make.
 pub const MARKER_FILTER_KEYS: usize = 32 * 1024;
 
 /// A blocked Bloom filter: each id sets 6 bits in one 64-byte line, so a lookup reads one
@@ -178,10 +178,10 @@ impl MarkerFilter {
         bits.iter().all(|&(word, mask)| self.lines[line][word] & mask != 0)
     }
 
-    /// The state entries its bytes stand for (an exact set counts four ids, 16 bytes each,
-    /// as one).
+    /// The state entries its bytes stand for, at the 160 bytes or so an entry takes
+    /// (README, `cache_entries`): 256.
     fn entries(&self) -> usize {
-        Self::LINES
+        Self::LINES * 64 / 160
     }
 }
 
@@ -976,7 +976,7 @@ mod tests {
         assert_eq!(never_written(&room), 0, "exact up to the bound");
         assert_eq!(room.entries(), 1 + MARKER_IDS_MAX / 4);
         write(&mut room, MARKER_IDS_MAX..MARKER_IDS_MAX + 1);
-        assert_eq!(room.entries(), 1 + MARKER_FILTER_KEYS * 10 / 512, "40 KiB, as state entries of 64 bytes");
+        assert_eq!(room.entries(), 1 + 256, "40 KiB, as state entries of 160 bytes");
         room.forget_marker("m7");
         write(&mut room, MARKER_IDS_MAX + 1..MARKER_FILTER_KEYS);
         // No false negative, ever: every id written (the forgotten one too) asks the store.
