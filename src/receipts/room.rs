@@ -99,9 +99,8 @@ pub(crate) struct Room {
     /// check skips the store, which was a tenth of the processing thread (BENCHMARKS.md); so
     /// does a read of a message not seen yet, which is parked.
     /// Taken from a scan of the room's markers when it is loaded, and kept as markers are
-    /// written and expire. Past that bound, while the room stays in memory, a filter of them
-    /// (see [`MarkerIds::Filter`]). `None`: loaded with more than the bound, past the filter's,
-    /// or not loaded from a store: ask the store.
+    /// written and expire. Past that bound a filter of them (see [`MarkerIds::Filter`]).
+    /// `None`: past the filter's bound too, or not loaded from a store: ask the store.
     marker_ids: Option<MarkerIds>,
 }
 
@@ -118,7 +117,7 @@ enum MarkerIds {
     /// message's duplicate check went to the store once its room had 4,096 markers (a week's
     /// worth are kept); with the filter the processing thread used 9% less CPU (BENCHMARKS.md,
     /// 7 December, a twenty-first session). A room loaded with more markers than
-    /// [`MARKER_IDS_MAX`] still asks the store (its load scans no further).
+    /// [`MARKER_IDS_MAX`] gets its filter from its load's scan of their keys.
     Filter(MarkerFilter),
 }
 
@@ -131,6 +130,29 @@ pub const MARKER_FILTER_KEYS: usize = 32 * 1024;
 struct MarkerFilter {
     lines: Box<[[u64; 8]]>,
     keys: usize,
+}
+
+impl MarkerIds {
+    /// One more marker id: an exact set past [`MARKER_IDS_MAX`] becomes a filter, and a
+    /// filter past [`MARKER_FILTER_KEYS`] gives up (`None`: ask the store).
+    fn add(ids: &mut Option<MarkerIds>, id: &Id) {
+        match ids {
+            None => {}
+            Some(MarkerIds::Exact(exact)) if exact.len() < MARKER_IDS_MAX => {
+                exact.insert(id.clone());
+            }
+            Some(MarkerIds::Exact(exact)) => {
+                let mut filter = MarkerFilter::new();
+                for known in exact.iter() {
+                    filter.insert(known);
+                }
+                filter.insert(id);
+                *ids = Some(MarkerIds::Filter(filter));
+            }
+            Some(MarkerIds::Filter(filter)) if filter.keys < MARKER_FILTER_KEYS => filter.insert(id),
+            Some(MarkerIds::Filter(_)) => *ids = None,
+        }
+    }
 }
 
 impl std::fmt::Debug for MarkerFilter {
@@ -198,10 +220,10 @@ const RECENT_MARKERS_MAX: usize = 1024;
 /// Above this many recent markers a room looks them up through an index instead of a scan.
 const RECENT_MARKERS_SCAN: usize = 16;
 
-/// The most marker ids a room keeps to rule out duplicate message ids without the store
-/// (see `marker_ids`); four count as one state entry in the cache's budget. A room with more
-/// (a busy room within `completed_marker_ttl_ms`) asks the store, and its load stops scanning
-/// its markers there.
+/// The most marker ids a room keeps exactly to rule out duplicate message ids without the
+/// store (see `marker_ids`); four count as one state entry in the cache's budget. A room with
+/// more (a busy room within `completed_marker_ttl_ms`) keeps a filter of them instead, up to
+/// [`MARKER_FILTER_KEYS`], and its load stops scanning its markers past that.
 pub const MARKER_IDS_MAX: usize = 4096;
 
 /// The most members a room keeps as [`Positions::Lowest`]; one more makes it
@@ -309,22 +331,7 @@ impl Room {
 
     /// A marker is being written for `message_id`.
     pub fn marker_written(&mut self, message_id: &Id) {
-        match &mut self.marker_ids {
-            None => {}
-            Some(MarkerIds::Exact(ids)) if ids.len() < MARKER_IDS_MAX => {
-                ids.insert(message_id.clone());
-            }
-            Some(MarkerIds::Exact(ids)) => {
-                let mut filter = MarkerFilter::new();
-                for id in ids.iter() {
-                    filter.insert(id);
-                }
-                filter.insert(message_id);
-                self.marker_ids = Some(MarkerIds::Filter(filter));
-            }
-            Some(MarkerIds::Filter(filter)) if filter.keys < MARKER_FILTER_KEYS => filter.insert(message_id),
-            Some(MarkerIds::Filter(_)) => self.marker_ids = None,
-        }
+        MarkerIds::add(&mut self.marker_ids, message_id);
     }
 
     /// The seq of a recent marker (see `recent_markers`); `None` says nothing: look in the store.
@@ -539,31 +546,25 @@ impl Room {
         if let Some(e) = failure {
             return Err(e);
         }
-        // The room's markers, up to MARKER_IDS_MAX of them (keys only).
-        let mut ids = HashSet::default();
-        let mut all = true;
+        // The room's marker ids (keys only), as an exact set or, past MARKER_IDS_MAX, a filter;
+        // past MARKER_FILTER_KEYS the scan stops, and the room asks the store.
+        let mut ids = Some(MarkerIds::Exact(HashSet::default()));
         let mut failure = None;
         let markers = persist::marker_key(&room.id, "");
-        store.scan_prefix(&markers, &mut |key, _| {
-            if ids.len() >= MARKER_IDS_MAX {
-                all = false;
-                return false;
+        store.scan_prefix(&markers, &mut |key, _| match std::str::from_utf8(&key[markers.len()..]) {
+            Ok(id) => {
+                MarkerIds::add(&mut ids, &Id::from(id));
+                ids.is_some()
             }
-            match std::str::from_utf8(&key[markers.len()..]) {
-                Ok(id) => {
-                    ids.insert(Id::from(id));
-                    true
-                }
-                Err(_) => {
-                    failure = Some(StoreError::corrupt(key, "message id is not UTF-8"));
-                    false
-                }
+            Err(_) => {
+                failure = Some(StoreError::corrupt(key, "message id is not UTF-8"));
+                false
             }
         })?;
         if let Some(e) = failure {
             return Err(e);
         }
-        room.marker_ids = all.then_some(MarkerIds::Exact(ids));
+        room.marker_ids = ids;
         room.weight = room.entries();
         Ok(room)
     }
@@ -991,7 +992,7 @@ mod tests {
     }
 
     #[test]
-    fn a_loaded_room_knows_its_markers_ids_up_to_a_bound_and_asks_the_store_past_it() {
+    fn a_loaded_room_knows_its_markers_ids_up_to_a_bound_filters_them_past_it_and_asks_the_store_past_that() {
         let mut store = MemoryStore::new();
         let mut batch = WriteBatch::new();
         for i in 0..MARKER_IDS_MAX {
@@ -1015,7 +1016,7 @@ mod tests {
             assert!(!room.surely_no_marker(id), "{id}");
         }
 
-        // Loaded with more than the bound: ask the store for every id.
+        // Loaded with more than the bound: a filter of them all, from the load's scan.
         store
             .write(&{
                 let mut b = WriteBatch::new();
@@ -1024,7 +1025,21 @@ mod tests {
                 b
             })
             .unwrap();
-        assert!(!Room::load(&store, "r".into()).unwrap().surely_no_marker("new"));
+        let room = Room::load(&store, "r".into()).unwrap();
+        assert!(
+            (0..MARKER_IDS_MAX).all(|i| !room.surely_no_marker(&format!("m{i}"))) && !room.surely_no_marker("extra")
+        );
+        assert!(room.surely_no_marker("new"), "ruled out (this id is not among the filter's false positives)");
+        assert_eq!(room.entries(), 1 + 256);
+        // Loaded with more than the filter's bound: ask the store for every id.
+        let mut batch = WriteBatch::new();
+        for i in MARKER_IDS_MAX..MARKER_FILTER_KEYS {
+            batch.put(persist::marker_key("r", &format!("m{i}")), vec![]);
+        }
+        store.write(&batch).unwrap();
+        let room = Room::load(&store, "r".into()).unwrap();
+        assert!(!room.surely_no_marker("new"), "32,769 markers");
+        assert_eq!(room.entries(), 1);
         // A room never loaded from a store knows nothing.
         assert!(!Room::new("r".into()).surely_no_marker("new"));
     }
