@@ -591,14 +591,17 @@ fn marker(ctx: &Ctx, room: &str, message_id: &str) -> Result<Option<MarkerV1>, S
 }
 
 /// The seq of a message that completed or expired in this room (its marker), if any. The
-/// room answers without the store when it can: from its marker ids (a new message's id, a
-/// read ahead of its message) or its recent markers (a read after the message finished).
+/// room answers without the store when it can: from its recent markers (a read after the
+/// message finished) or its marker ids (a new message's id, a read ahead of its message).
+/// The recent markers first: a read that finds its message there needs no look at the ids,
+/// a busy room's filter of them being a cache miss (BENCHMARKS.md, 7 December, a
+/// twenty-first session).
 fn marker_seq(room: &mut Room, ctx: &Ctx, message_id: &Id) -> Result<Option<u64>, StoreError> {
-    if room.surely_no_marker(message_id) {
-        return Ok(None);
-    }
     if let Some(seq) = room.recent_marker(message_id) {
         return Ok(Some(seq));
+    }
+    if room.surely_no_marker(message_id) {
+        return Ok(None);
     }
     let found = marker(ctx, &room.id, message_id)?;
     if let Some(m) = &found {
