@@ -385,6 +385,8 @@ impl Checker {
             ..Report::default()
         };
         let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("valid bounds");
+        // Collected only for a timeline: a pair for each of up to millions of receipts.
+        let timeline = opts.latency_timeline.as_ref().filter(|_| opts.live);
         let mut by_due = Vec::new();
         for (key, r) in &expected {
             match seen.get(key) {
@@ -406,11 +408,13 @@ impl Checker {
                     if since_start >= opts.warmup.as_millis() as i64 {
                         let _ = latency.record(late as u64);
                     }
-                    by_due.push((since_start, late));
+                    if timeline.is_some() {
+                        by_due.push((since_start, late));
+                    }
                 }
             }
         }
-        if let (true, Some(path)) = (opts.live, &opts.latency_timeline) {
+        if let Some(path) = timeline {
             std::fs::write(path, latency_timeline(by_due))
                 .with_context(|| format!("writing the latency timeline to {}", path.display()))?;
         }
