@@ -318,13 +318,27 @@ struct Seen {
 }
 
 /// What the checker's thread read.
-#[derive(Default)]
 struct Polled {
     seen: HashMap<(String, String), Seen>,
     received: usize,
     duplicates: usize,
     first_receipt_ms: i64,
     last_receipt_ms: i64,
+    /// When the last receipt not seen before was read.
+    last_new: Instant,
+}
+
+impl Default for Polled {
+    fn default() -> Self {
+        Polled {
+            seen: HashMap::new(),
+            received: 0,
+            duplicates: 0,
+            first_receipt_ms: 0,
+            last_receipt_ms: 0,
+            last_new: Instant::now(),
+        }
+    }
 }
 
 impl Polled {
@@ -341,14 +355,14 @@ impl Polled {
 
 impl Checker {
     fn start(opts: &Options, expected: usize) -> anyhow::Result<Checker> {
-        let consumer: BaseConsumer = client(&opts.bootstrap)
+        let consumer: BaseConsumer<ForwardingContext> = client(&opts.bootstrap)
             .set("group.id", format!("allread-sim-check-{}", now_ms()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             // Sees the output topic soon after the processor creates it.
             .set("topic.metadata.refresh.interval.ms", "1000")
-            .create()
+            .create_with_context(ForwardingContext::default())
             .context("creating the checker's consumer")?;
         consumer.subscribe(&[&opts.output]).context("subscribing to the output")?;
         let produced = Arc::new(AtomicBool::new(false));
@@ -473,29 +487,47 @@ impl Default for OutputReceipt<'_> {
 
 /// The checker's thread: reads receipts until every expected one arrived and two quiet seconds
 /// passed (three more for late duplicates), or until `wait` after the chat was produced.
+///
+/// Until as many receipts as expected have arrived, each is only stamped and kept as it
+/// came ([`Arrivals`]): this thread shares the machine with the system under test, and what it
+/// does per receipt is taken from that system's CPU (the passthrough it is compared with has
+/// no checker beside it). Reading them into the map waits until then, and from then on each
+/// new one is read as it comes.
 fn poll_receipts(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ForwardingContext>,
     expected: usize,
     produced: &AtomicBool,
     wait: Duration,
 ) -> anyhow::Result<Polled> {
+    // Receipts are taken in batches from a queue of their own (as allread and the passthrough
+    // take their input); the consumer's own queue keeps rebalances and errors.
+    let mut records = RecordQueue::open(consumer, &consumer.context().forwarding);
     let mut polled = Polled::expecting(expected);
+    let mut arrivals = Some(Arrivals::expecting(expected));
     let mut deadline: Option<Instant> = None;
-    let mut last_new = Instant::now();
     loop {
         let produced = produced.load(Ordering::Relaxed);
         if produced && deadline.is_none() {
             deadline = Some(Instant::now() + wait);
         }
+        if let Some(a) = arrivals.as_ref().filter(|a| a.len() >= expected) {
+            a.read_into(&mut polled, expected, &mut deadline);
+            arrivals = None;
+        }
         let complete = polled.seen.len() >= expected;
         if deadline.is_some_and(|d| Instant::now() > d)
-            || (produced && complete && last_new.elapsed() > Duration::from_secs(2))
+            || (produced && complete && polled.last_new.elapsed() > Duration::from_secs(2))
         {
+            if let Some(a) = arrivals.take() {
+                a.read_into(&mut polled, expected, &mut deadline);
+            }
             return Ok(polled);
         }
-        let m = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Ok(m)) => m,
+        match consumer.poll(Duration::ZERO) {
+            None => {}
+            Some(Ok(m)) => {
+                bail!("a receipt of {} [{}] came through the consumer's own queue", m.topic(), m.partition())
+            }
             // The output topic appears only once the processor has created it (Kafka
             // Streams creates its sink topic late): until then the subscription reports it
             // unknown, which is not a failure of the processor.
@@ -504,27 +536,93 @@ fn poll_receipts(
                 continue;
             }
             Some(Err(e)) => return Err(e).context("reading the output"),
-        };
-        let arrived_ms = now_ms();
-        // What cannot be read as a receipt counts under the empty key, an unexpected one.
-        let v: OutputReceipt = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        }
+        // Every receipt of a batch was there to be read when the batch was taken.
+        let mut arrived_ms = None;
+        let mut failed = None;
+        records.poll(Duration::from_millis(100), 10_000, |m| {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => return failed = Some(e),
+            };
+            let arrived_ms = *arrived_ms.get_or_insert_with(now_ms);
+            let payload = m.payload().unwrap_or_default();
+            match arrivals.as_mut() {
+                Some(a) => a.push(payload, arrived_ms),
+                None => polled.take(payload, arrived_ms, expected, &mut deadline),
+            }
+        });
+        match failed {
+            Some(e) if output_not_there_yet(&e) => std::thread::sleep(Duration::from_millis(100)),
+            Some(e) => return Err(e).context("reading the output"),
+            None => {}
+        }
+    }
+}
+
+impl Polled {
+    /// One receipt as it arrived at `arrived_ms`: counted, and read into the map unless it
+    /// came before. What cannot be read as a receipt counts under the empty key, an
+    /// unexpected one.
+    fn take(&mut self, payload: &[u8], arrived_ms: i64, expected: usize, deadline: &mut Option<Instant>) {
+        let v: OutputReceipt = serde_json::from_slice(payload).unwrap_or_default();
         let key = (v.room_id.into_owned(), v.message_id.into_owned());
-        polled.received += 1;
-        if polled.received == 1 {
-            polled.first_receipt_ms = arrived_ms;
+        self.received += 1;
+        if self.received == 1 {
+            self.first_receipt_ms = arrived_ms;
         }
-        if polled.seen.contains_key(&key) {
-            polled.duplicates += 1;
-            continue;
+        if self.seen.contains_key(&key) {
+            self.duplicates += 1;
+            return;
         }
-        polled.last_receipt_ms = arrived_ms;
-        last_new = Instant::now();
-        if polled.seen.len() + 1 == expected {
+        self.last_receipt_ms = arrived_ms;
+        self.last_new = Instant::now();
+        if self.seen.len() + 1 == expected {
             // Everything is in: a little longer for duplicates, then stop.
             let soon = Instant::now() + Duration::from_secs(3);
-            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+            *deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
         }
-        polled.seen.insert(key, Seen { seq: v.seq, required: v.required_readers, arrived_ms });
+        self.seen.insert(key, Seen { seq: v.seq, required: v.required_readers, arrived_ms });
+    }
+}
+
+/// Receipts as they arrived, not read yet: their bytes in blocks of [`Arrivals::BLOCK`] and
+/// their arrival times, each with room for the expected receipts up front, so that keeping
+/// one never moves what was kept before (see [`Polled::expecting`] for why that matters).
+struct Arrivals {
+    blocks: Vec<Vec<u8>>,
+    /// Block, start and length of each receipt's bytes, and when it arrived.
+    kept: Vec<(u32, u32, u32, i64)>,
+}
+
+impl Arrivals {
+    const BLOCK: usize = 1 << 20;
+
+    fn expecting(expected: usize) -> Arrivals {
+        Arrivals { blocks: Vec::with_capacity(1024), kept: Vec::with_capacity(expected + expected / 64 + 16) }
+    }
+
+    fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    fn push(&mut self, payload: &[u8], arrived_ms: i64) {
+        let fits = self.blocks.last().is_some_and(|b| b.capacity() - b.len() >= payload.len());
+        if !fits {
+            self.blocks.push(Vec::with_capacity(Self::BLOCK.max(payload.len())));
+        }
+        let block = self.blocks.last_mut().expect("one was added");
+        let start = block.len();
+        block.extend_from_slice(payload);
+        self.kept.push(((self.blocks.len() - 1) as u32, start as u32, payload.len() as u32, arrived_ms));
+    }
+
+    /// Reads every kept receipt into `polled`, in the order they arrived.
+    fn read_into(&self, polled: &mut Polled, expected: usize, deadline: &mut Option<Instant>) {
+        for &(block, start, len, arrived_ms) in &self.kept {
+            let bytes = &self.blocks[block as usize][start as usize..][..len as usize];
+            polled.take(bytes, arrived_ms, expected, deadline);
+        }
     }
 }
 
@@ -775,6 +873,48 @@ mod tests {
         for expected in [0, 1, 1_000, 1_157_684] {
             assert!(Polled::expecting(expected).seen.capacity() >= expected, "{expected}");
         }
+    }
+
+    #[test]
+    fn receipts_kept_as_they_arrived_read_back_as_if_each_was_read_on_arrival() {
+        // Enough bytes for several blocks, one receipt larger than a block, a duplicate and
+        // one that is not JSON.
+        let mut payloads: Vec<Vec<u8>> = (0..30_000)
+            .map(|i| {
+                let pad = "x".repeat(i % 97);
+                format!(
+                    r#"{{"room_id":"r{}","message_id":"m{i}","seq":{i},"required_readers":9,"pad":"{pad}"}}"#,
+                    i % 7
+                )
+                .into_bytes()
+            })
+            .collect();
+        let big = "y".repeat(Arrivals::BLOCK);
+        payloads.push(
+            format!(r#"{{"room_id":"big","message_id":"m","seq":1,"required_readers":2,"pad":"{big}"}}"#).into_bytes(),
+        );
+        payloads.push(payloads[5].clone());
+        payloads.push(b"not json".to_vec());
+        let expected = payloads.len();
+        let (mut direct, mut kept) = (Polled::expecting(expected), Arrivals::expecting(expected));
+        let (mut direct_deadline, mut kept_deadline) = (None, None);
+        for (i, p) in payloads.iter().enumerate() {
+            direct.take(p, 1_000 + i as i64, expected, &mut direct_deadline);
+            kept.push(p, 1_000 + i as i64);
+        }
+        assert!(kept.blocks.len() > 3, "{} blocks", kept.blocks.len());
+        let mut later = Polled::expecting(expected);
+        kept.read_into(&mut later, expected, &mut kept_deadline);
+        let summary = |p: &Polled| {
+            let mut seen: Vec<_> = p.seen.iter().map(|(k, s)| (k.clone(), s.seq, s.required, s.arrived_ms)).collect();
+            seen.sort();
+            (p.received, p.duplicates, p.first_receipt_ms, p.last_receipt_ms, seen)
+        };
+        let (received, duplicates, first, last, seen) = summary(&later);
+        assert_eq!((received, duplicates, first, last), (expected, 1, 1_000, 1_000 + expected as i64 - 1));
+        assert_eq!(seen.len(), expected - 1);
+        assert!(seen.contains(&(("big".into(), "m".into()), 1, 2, 1_000 + 30_000)));
+        assert_eq!(summary(&later), summary(&direct));
     }
 
     #[test]
