@@ -411,10 +411,10 @@ fn cached_id(s: &str) -> Id {
     })
 }
 
-#[inline(always)]
 /// The error is made only when the field is missing. With `ok_or` it was made for every field,
 /// and dropped (a call to `DecodeError`'s drop, which has `String`s to free in other variants):
 /// 1.3% of the processing thread; 3-5% of decoding a read (`cargo bench --bench decode`).
+#[inline(always)]
 fn required_id(field: &'static str, v: &Field<'_>, limits: &DecodeLimits) -> Result<Id, DecodeError> {
     match id(field, v, limits)? {
         Some(id) => Ok(id),
