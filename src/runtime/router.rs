@@ -290,8 +290,9 @@ struct Part {
 
 /// A record in its partition's [`Queue`]: a [`Polled`] without the topic and partition,
 /// which are the same for the whole queue, and with its timestamp in 8 bytes, not an
-/// `Option`'s 16. 88 bytes against 120: under a backlog the router holds up to 660,000
-/// records (BENCHMARKS.md, 5 December, a ninth session).
+/// `Option`'s 16. 88 bytes against 120: under a backlog the router held up to 1.3 million
+/// records under `at_least_once` and 2.6 million under `exactly_once`, with no bound yet
+/// (BENCHMARKS.md, 7 December, a twenty-second session).
 struct Queued {
     offset: i64,
     /// Milliseconds since the epoch; [`NO_TIMESTAMP`] for a record without one.
