@@ -119,6 +119,10 @@ pub struct Processing {
     /// before going on out of timestamp order (Kafka Streams' `max.task.idle.ms`). A partition
     /// nothing was polled from since it was assigned gets at least 10 s (see the router).
     pub max_task_idle_ms: u64,
+    /// The most input records a partition holds waiting to be routed before it is paused in
+    /// the client, until routing has taken half of them (Kafka Streams'
+    /// `buffered.records.per.partition`).
+    pub buffered_records_per_partition: usize,
     /// Whether an input record whose task runs in this instance skips the repartition topic
     /// (see the README's "How it works").
     pub local_shortcut: bool,
@@ -210,6 +214,7 @@ impl Default for Processing {
             max_id_bytes: DecodeLimits::default().max_id_bytes,
             max_poll_records: 10_000,
             max_task_idle_ms: 1_000,
+            buffered_records_per_partition: 1_000_000,
             local_shortcut: true,
             restore_batch_records: 50_000,
             shutdown_timeout_ms: 30_000,
@@ -401,6 +406,9 @@ impl Config {
         }
         if self.processing.max_poll_records == 0 {
             return invalid("processing.max_poll_records", "must be positive");
+        }
+        if self.processing.buffered_records_per_partition == 0 {
+            return invalid("processing.buffered_records_per_partition", "must be positive");
         }
         if self.processing.restore_batch_records == 0 {
             return invalid("processing.restore_batch_records", "must be positive");

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub fetched_inputs: IntGauge,
     /// Input records polled and waiting to be routed in timestamp order.
     pub buffered_inputs: IntGauge,
+    /// Times an input partition was paused for holding
+    /// `processing.buffered_records_per_partition` records.
+    pub input_pauses: IntCounter,
     /// Routed records held until their task's repartition partition is caught up.
     pub held_records: IntGauge,
     /// CPU time of the processing thread (polling, routing, applying, emitting, committing),
@@ -259,6 +262,11 @@ impl Metrics {
                 &r,
                 "allread_enforced_routing_total",
                 "Routing rounds that stopped waiting for a lagging input partition after processing.max_task_idle_ms.",
+            ),
+            input_pauses: counter(
+                &r,
+                "allread_input_pauses_total",
+                "Times an input partition was paused for holding processing.buffered_records_per_partition records waiting to be routed.",
             ),
             fetched_inputs: gauge(
                 &r,

@@ -258,6 +258,27 @@ fn input_polled_while_transactions_commit_is_applied_after_them_exactly_once() {
     assert!(commits >= 20.0, "the stream took many commits: {commits}");
 }
 
+#[test]
+fn a_backlog_routed_under_a_small_bound_per_partition_gives_exactly_the_expected_receipts() {
+    // An input partition holding 20 records waiting to be routed is paused until routing has
+    // taken 10 of them: over a backlog of thousands of records, partitions are paused and
+    // resumed again and again, and librdkafka drops what it had prefetched of each paused one
+    // and fetches it again. Nothing may be lost, applied twice, or left behind paused.
+    let s = Setup::new("bound");
+    let w = Workload::new(12, 1_000, 11);
+    let chat = Chat::new(&s.bootstrap);
+    w.produce_joins(&s, &chat);
+    w.produce_all(&s, &chat);
+    let allread = common::Allread::start(
+        &s.config("buffered_records_per_partition = 20\nmax_poll_records = 200"),
+        &s.dir.path().join("allread.log"),
+    );
+    expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
+    let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
+    let pauses = common::metric(&text, "allread_input_pauses_total").unwrap_or(0.0);
+    assert!(pauses >= 10.0, "partitions were paused again and again: {pauses}");
+}
+
 /// Reads `out` until every receipt `w` expects is in (and 2 s more): exactly those, each once.
 fn expect_exactly(out: &Reader, w: &Workload, allread: &common::Allread) {
     let mut got = out.read(w.expected.len(), WAIT);

@@ -68,7 +68,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use super::changelog_reader::ChangelogReader;
 use super::context::RuntimeContext;
-use super::router::{Backlog, Body, InputBuffer, InputDecoder, Polled, Raw, Taken};
+use super::router::{Backlog, Body, FetchChanges, InputBuffer, InputDecoder, Polled, Raw, Taken};
 use super::shortcut::{Acks, Route, Shortcut};
 use super::task::{changelog_records, ChangelogRecord, Completed, Task, TaskError};
 use super::RuntimeError;
@@ -468,6 +468,7 @@ impl Processor {
             c.create().map_err(RuntimeError::Client)?
         };
         let partitions = cfg.topics.partitions;
+        let inputs = InputBuffer::with_bound(cfg.processing.buffered_records_per_partition);
         Ok(Processor {
             probe,
             decoder: InputDecoder::new(&cfg),
@@ -499,7 +500,7 @@ impl Processor {
             tasks: BTreeMap::new(),
             restorer,
             restores: BTreeMap::new(),
-            inputs: InputBuffer::default(),
+            inputs,
             ready: Vec::new(),
             taken: Vec::new(),
             staged: (0..partitions).map(|_| Vec::new()).collect(),
@@ -562,6 +563,37 @@ impl Processor {
     /// Routes what can be routed (see `router`) and processes one batch of polled records.
     /// Takes every record out of `records` (the caller's vector, kept for the next poll).
     pub fn handle_batch(&mut self, consumer: &Consumer_, records: &mut Vec<Polled>) -> Result<(), RuntimeError> {
+        let handled = self.handle_batch_inner(consumer, records);
+        self.sync_fetching(consumer, false);
+        handled
+    }
+
+    /// Pauses the input partitions that hold the router's bound and resumes those it took
+    /// half of (see `router`); with `recheck`, resumes again the ones resumed lately that
+    /// delivered nothing since.
+    fn sync_fetching(&mut self, consumer: &Consumer_, recheck: bool) {
+        let FetchChanges { pause, resume } = self.inputs.take_fetching(recheck);
+        let list = |keys: &[(Arc<str>, i32)]| {
+            let mut tpl = TopicPartitionList::with_capacity(keys.len());
+            for (topic, partition) in keys {
+                tpl.add_partition(topic, *partition);
+            }
+            tpl
+        };
+        if !pause.is_empty() {
+            self.metrics.input_pauses.inc_by(pause.len() as u64);
+            if let Err(e) = consumer.pause(&list(&pause)) {
+                warn!(error = %e, partitions = pause.len(), "pausing input partitions that hold the router's bound");
+            }
+        }
+        if !resume.is_empty() {
+            if let Err(e) = consumer.resume(&list(&resume)) {
+                warn!(error = %e, partitions = resume.len(), "resuming input partitions");
+            }
+        }
+    }
+
+    fn handle_batch_inner(&mut self, consumer: &Consumer_, records: &mut Vec<Polled>) -> Result<(), RuntimeError> {
         let mut repartitioned = Vec::new();
         for m in records.drain(..) {
             // Only a record kept as it came can be the repartition topic's (an input record is
@@ -955,6 +987,7 @@ impl Processor {
         }
         self.last_tick = Instant::now();
         self.update_gauges();
+        self.sync_fetching(consumer, true);
         Ok(())
     }
 
@@ -1313,6 +1346,8 @@ impl Processor {
                 warn!(error = %e, "reading committed offsets failed; input may be re-read from later positions")
             }
         }
+        // Partitions paused for the router's bound hold nothing now.
+        self.sync_fetching(consumer, false);
     }
 
     /// Partitions assigned: open a task per repartition partition, restoring. Returns the

@@ -10,6 +10,15 @@
 //! records (whose heads are compared) or has nothing left to fetch. A partition known to have
 //! unfetched records holds routing back until it is fetched, or for at most `max_idle`
 //! (at least [`FIRST_FETCH_PATIENCE`] for one nothing was polled from yet).
+//!
+//! What waits here is bounded per partition, as Kafka Streams bounds it
+//! (`buffered.records.per.partition`): a partition holding `buffered_records_per_partition`
+//! records is paused in the client until routing has taken half of them (see [`Fetching`]).
+//! Unlike Java's consumer, librdkafka drops a paused partition's prefetched records and
+//! fetches them again after the resume: a bound the benchmark's backlog reaches costs 10-30%
+//! of its throughput (BENCHMARKS.md, 7 December, a twenty-third session), so the default is
+//! well above what a backlog piles up here (1.3 million records in all under
+//! `at_least_once`, 2.6 million while `exactly_once` transactions completed) and bounds stalls.
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
@@ -286,13 +295,37 @@ struct Part {
     polled: bool,
     /// The offset after the last record the current routing round took from it, if any.
     taken: Option<i64>,
+    /// Whether it holds too many records to fetch more: set at the bound, cleared at half
+    /// of it. The client is told at the next [`InputBuffer::take_fetching`].
+    hold: bool,
+    /// What the client was last told about fetching it.
+    fetching: Fetching,
 }
+
+/// What routing last told the client about fetching a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fetching {
+    /// Nothing: the client fetches it as it fetches any assigned partition.
+    Free,
+    /// Paused: it held the bound.
+    Paused,
+    /// Resumed, at that time, and nothing polled from it since. librdkafka drops a resume
+    /// that comes before it has handled the pause (it checks the flag the pause sets, from
+    /// its own thread), which would leave the partition paused for good; so a resume is
+    /// asked again on [`InputBuffer::take_fetching`] with `recheck` until a record comes or
+    /// [`RESUME_RECHECK`] has passed. Asked of a partition that is not paused, it does nothing.
+    Resumed(Instant),
+}
+
+/// How long a resumed partition that delivers nothing is resumed again on every recheck
+/// (see [`Fetching::Resumed`]).
+pub const RESUME_RECHECK: Duration = Duration::from_secs(10);
 
 /// A record in its partition's [`Queue`]: a [`Polled`] without the topic and partition,
 /// which are the same for the whole queue, and with its timestamp in 8 bytes, not an
 /// `Option`'s 16. 88 bytes against 120: under a backlog the router held up to 1.3 million
-/// records under `at_least_once` and 2.6 million under `exactly_once`, with no bound yet
-/// (BENCHMARKS.md, 7 December, a twenty-second session).
+/// records under `at_least_once` and 2.6 million under `exactly_once`, below the default
+/// bound per partition (BENCHMARKS.md, 7 December, a twenty-second session).
 struct Queued {
     offset: i64,
     /// Milliseconds since the epoch; [`NO_TIMESTAMP`] for a record without one.
@@ -416,6 +449,8 @@ impl Part {
             high: None,
             polled: false,
             taken: None,
+            hold: false,
+            fetching: Fetching::Free,
         }
     }
 
@@ -461,6 +496,20 @@ pub struct InputBuffer {
     buffered: usize,
     /// The partitions the current routing round took records from (their `taken` is set).
     taken: Vec<usize>,
+    /// The most records a partition holds before it is paused (0: no bound).
+    bound: usize,
+    /// Whether some partition's `hold` may differ from what the client was told.
+    fetching_changed: bool,
+    /// Partitions revoked or assigned again while paused: to resume in the client, so that
+    /// they are not paused when assigned next.
+    released: Vec<Key>,
+}
+
+/// Which partitions the client should pause and resume, from [`InputBuffer::take_fetching`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchChanges {
+    pub pause: Vec<(Arc<str>, i32)>,
+    pub resume: Vec<(Arc<str>, i32)>,
 }
 
 /// Where a routing round left an input partition: the offset after the last record it took.
@@ -487,12 +536,18 @@ pub trait Backlog {
 pub const FIRST_FETCH_PATIENCE: Duration = Duration::from_secs(10);
 
 impl InputBuffer {
+    /// A buffer that pauses a partition holding `bound` records (0: no bound).
+    pub fn with_bound(bound: usize) -> Self {
+        InputBuffer { bound, ..Default::default() }
+    }
+
     pub fn assign(&mut self, topic: &str, partition: i32, next: Option<i64>) {
         let key: Key = (Arc::from(topic), partition);
         match self.index.get(&key) {
             Some(&i) => {
                 let old = std::mem::replace(&mut self.parts[i], Part::new(key, next));
                 self.buffered -= old.queue.len();
+                self.release(old);
             }
             None => {
                 self.add(key, next);
@@ -508,6 +563,14 @@ impl InputBuffer {
             self.index.insert(moved.key.clone(), i);
         }
         self.ranks.clear();
+        self.release(old);
+    }
+
+    /// A partition let go while the client had it paused is resumed there.
+    fn release(&mut self, old: Part) {
+        if old.fetching == Fetching::Paused {
+            self.released.push(old.key);
+        }
     }
 
     /// Drops every buffered record (the consumer was rewound) and sets each partition's
@@ -519,9 +582,11 @@ impl InputBuffer {
             part.more = None;
             part.high = None;
             part.polled = false;
+            part.hold = false;
         }
         self.buffered = 0;
         self.waiting_since = None;
+        self.fetching_changed = true;
     }
 
     pub fn push(&mut self, m: Polled) {
@@ -537,6 +602,49 @@ impl InputBuffer {
         part.polled = true;
         part.queue.push_back(Queued::new(offset, timestamp, body));
         self.buffered += 1;
+        if let Fetching::Resumed(_) = part.fetching {
+            part.fetching = Fetching::Free;
+        }
+        if self.bound > 0 && !part.hold && part.queue.len() >= self.bound {
+            part.hold = true;
+            self.fetching_changed = true;
+        }
+    }
+
+    /// What the client should be told about fetching, since the last call: partitions that
+    /// reached the bound to pause, partitions routing took half their bound from (or let go
+    /// of, or dropped the records of) to resume. With `recheck`, also partitions resumed
+    /// within [`RESUME_RECHECK`] that delivered nothing since, to resume again (see
+    /// [`Fetching::Resumed`]); call it so about once a second.
+    pub fn take_fetching(&mut self, recheck: bool) -> FetchChanges {
+        let mut changes = FetchChanges { pause: Vec::new(), resume: std::mem::take(&mut self.released) };
+        if !self.fetching_changed && !recheck {
+            return changes;
+        }
+        self.fetching_changed = false;
+        let now = Instant::now();
+        for part in &mut self.parts {
+            match (part.hold, part.fetching) {
+                (true, Fetching::Paused) => {}
+                (true, _) => {
+                    part.fetching = Fetching::Paused;
+                    changes.pause.push(part.key.clone());
+                }
+                (false, Fetching::Paused) => {
+                    part.fetching = Fetching::Resumed(now);
+                    changes.resume.push(part.key.clone());
+                }
+                (false, Fetching::Resumed(at)) if recheck => {
+                    if now.duration_since(at) < RESUME_RECHECK {
+                        changes.resume.push(part.key.clone());
+                    } else {
+                        part.fetching = Fetching::Free;
+                    }
+                }
+                (false, _) => {}
+            }
+        }
+        changes
     }
 
     /// The partition's index, added (with an unknown position) if it was not assigned.
@@ -639,6 +747,10 @@ impl InputBuffer {
             }
             out.push(m.into_polled(&part.key));
             self.buffered -= 1;
+            if part.hold && part.queue.len() <= self.bound / 2 {
+                part.hold = false;
+                self.fetching_changed = true;
+            }
             if let Some(next) = part.queue.front() {
                 // Replaced in place: one sift down instead of a pop and a push.
                 *head = Reverse((next.order(), rank, i));
@@ -1085,5 +1197,134 @@ mod tests {
         b.push(record("room", 0, 2, 3));
         assert_eq!(offsets(&drain(&mut b, &lagging, ten_s).0), [("room".to_string(), 2)]);
         assert_eq!(lagging.0.get(), 2, "asked again once RECHECK_HIGH passed");
+    }
+
+    fn keys(list: &[(Arc<str>, i32)]) -> Vec<(String, i32)> {
+        list.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+    }
+
+    fn take_round(b: &mut InputBuffer, backlog: &dyn Backlog, limit: usize) -> Vec<Polled> {
+        let (mut out, mut taken) = (Vec::new(), Vec::new());
+        b.drain_ready(backlog, Duration::from_secs(10), &mut out, &mut taken, limit);
+        out
+    }
+
+    #[test]
+    fn a_partition_is_paused_at_the_bound_and_resumed_once_routing_took_half_of_it() {
+        let mut b = InputBuffer::with_bound(4);
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        let idle = Lagging(HashSet::new());
+        for i in 0..3 {
+            b.push(record("reads", 0, i, 10 + i));
+        }
+        assert_eq!(b.take_fetching(false), FetchChanges::default(), "below the bound");
+        b.push(record("reads", 0, 3, 13));
+        b.push(record("room", 0, 0, 11));
+        let changes = b.take_fetching(false);
+        assert_eq!((keys(&changes.pause), keys(&changes.resume)), (vec![("reads".to_string(), 0)], vec![]));
+        assert_eq!(b.take_fetching(true), FetchChanges::default(), "told once");
+        // Records fetched before the pause took hold still come, and are kept.
+        b.push(record("reads", 0, 4, 14));
+        assert_eq!(b.buffered(), 6);
+        // Two reads and the room's record: three reads left, above half the bound.
+        assert_eq!(take_round(&mut b, &idle, 3).len(), 3);
+        assert_eq!(b.take_fetching(false), FetchChanges::default());
+        assert_eq!(take_round(&mut b, &idle, 1).len(), 1);
+        let changes = b.take_fetching(false);
+        assert_eq!((keys(&changes.pause), keys(&changes.resume)), (vec![], vec![("reads".to_string(), 0)]));
+        assert_eq!(b.take_fetching(false), FetchChanges::default(), "told once");
+        assert_eq!(take_round(&mut b, &idle, usize::MAX).len(), 2);
+    }
+
+    #[test]
+    fn a_resume_is_asked_again_on_recheck_until_the_partition_delivers() {
+        let mut b = InputBuffer::with_bound(2);
+        b.assign("reads", 0, Some(0));
+        let idle = Lagging(HashSet::new());
+        b.push(record("reads", 0, 0, 10));
+        b.push(record("reads", 0, 1, 11));
+        assert_eq!(keys(&b.take_fetching(false).pause), [("reads".to_string(), 0)]);
+        take_round(&mut b, &idle, 1);
+        assert_eq!(keys(&b.take_fetching(false).resume), [("reads".to_string(), 0)]);
+        // librdkafka may have dropped that resume (see `Fetching::Resumed`): asked again on
+        // every recheck, but not on the rounds between.
+        assert_eq!(b.take_fetching(false), FetchChanges::default());
+        assert_eq!(keys(&b.take_fetching(true).resume), [("reads".to_string(), 0)]);
+        assert_eq!(keys(&b.take_fetching(true).resume), [("reads".to_string(), 0)]);
+        // A record polled from it shows that it fetches again.
+        take_round(&mut b, &idle, usize::MAX);
+        b.push(record("reads", 0, 2, 12));
+        assert_eq!(b.take_fetching(true), FetchChanges::default());
+    }
+
+    #[test]
+    fn a_paused_partition_that_is_revoked_assigned_again_or_rewound_is_resumed() {
+        let mut b = InputBuffer::with_bound(1);
+        for p in 0..3 {
+            b.assign("reads", p, Some(0));
+            b.push(record("reads", p, 0, 10));
+        }
+        assert_eq!(b.take_fetching(false).pause.len(), 3);
+        b.revoke("reads", 0);
+        b.assign("reads", 1, Some(0));
+        let changes = b.take_fetching(false);
+        assert_eq!(
+            (keys(&changes.pause), keys(&changes.resume)),
+            (vec![], vec![("reads".to_string(), 0), ("reads".to_string(), 1)])
+        );
+        b.reset(&Default::default());
+        assert_eq!(keys(&b.take_fetching(false).resume), [("reads".to_string(), 2)]);
+        assert_eq!(b.buffered(), 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever is polled and routed, routing never waits on a partition the client was
+        /// told to pause (it would wait for good), and no partition holds more than the bound
+        /// unless the client was told to pause it.
+        #[test]
+        fn routing_never_waits_on_a_paused_partition(
+            bound in 1usize..6,
+            steps in proptest::collection::vec((0usize..4, 0usize..8, 0usize..5), 1..120),
+        ) {
+            let partitions = 3;
+            let mut b = InputBuffer::with_bound(bound);
+            for p in 0..partitions {
+                b.assign("in", p as i32, Some(0));
+            }
+            // Every partition has more on the broker: routing waits on any that runs dry.
+            let backlog = Lagging((0..partitions).map(|p| ("in".to_string(), p as i32)).collect());
+            let (mut next, mut paused) = (vec![0i64; partitions], HashSet::new());
+            let mut clock = 0;
+            for (partition, polled, routed) in steps {
+                for _ in 0..polled {
+                    let p = partition % partitions;
+                    // Paused in the client: nothing more comes (beyond what the bound allows
+                    // to arrive late, which the first push past it stands for).
+                    if paused.contains(&p) && b.parts[b.index[&(Arc::from("in"), p as i32)]].queue.len() > bound {
+                        break;
+                    }
+                    clock += 1;
+                    b.push(record("in", p as i32, next[p], clock));
+                    next[p] += 1;
+                }
+                take_round(&mut b, &backlog, routed);
+                let changes = b.take_fetching(clock % 3 == 0);
+                for (_, p) in &changes.pause {
+                    proptest::prop_assert!(paused.insert(*p as usize), "paused twice");
+                }
+                for (_, p) in &changes.resume {
+                    paused.remove(&(*p as usize));
+                }
+                for part in &b.parts {
+                    let p = part.key.1 as usize;
+                    if paused.contains(&p) {
+                        proptest::prop_assert!(!part.queue.is_empty(), "partition {} paused and empty", p);
+                    } else {
+                        proptest::prop_assert!(part.queue.len() < bound, "partition {} holds {} unpaused", p, part.queue.len());
+                    }
+                }
+            }
+        }
     }
 }
