@@ -564,15 +564,14 @@ impl Processor {
     /// Takes every record out of `records` (the caller's vector, kept for the next poll).
     pub fn handle_batch(&mut self, consumer: &Consumer_, records: &mut Vec<Polled>) -> Result<(), RuntimeError> {
         let handled = self.handle_batch_inner(consumer, records);
-        self.sync_fetching(consumer, false);
+        self.sync_fetching(consumer);
         handled
     }
 
     /// Pauses the input partitions that hold the router's bound and resumes those it took
-    /// half of (see `router`); with `recheck`, resumes again the ones resumed lately that
-    /// delivered nothing since.
-    fn sync_fetching(&mut self, consumer: &Consumer_, recheck: bool) {
-        let FetchChanges { pause, resume } = self.inputs.take_fetching(recheck);
+    /// half of (see `router`). Either call returns once librdkafka's threads have taken it.
+    fn sync_fetching(&mut self, consumer: &Consumer_) {
+        let FetchChanges { pause, resume } = self.inputs.take_fetching();
         let list = |keys: &[(Arc<str>, i32)]| {
             let mut tpl = TopicPartitionList::with_capacity(keys.len());
             for (topic, partition) in keys {
@@ -987,7 +986,6 @@ impl Processor {
         }
         self.last_tick = Instant::now();
         self.update_gauges();
-        self.sync_fetching(consumer, true);
         Ok(())
     }
 
@@ -1347,7 +1345,7 @@ impl Processor {
             }
         }
         // Partitions paused for the router's bound hold nothing now.
-        self.sync_fetching(consumer, false);
+        self.sync_fetching(consumer);
     }
 
     /// Partitions assigned: open a task per repartition partition, restoring. Returns the

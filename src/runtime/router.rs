@@ -13,7 +13,7 @@
 //!
 //! What waits here is bounded per partition, as Kafka Streams bounds it
 //! (`buffered.records.per.partition`): a partition holding `buffered_records_per_partition`
-//! records is paused in the client until routing has taken half of them (see [`Fetching`]).
+//! records is paused in the client until routing has taken half of them.
 //! Unlike Java's consumer, librdkafka drops a paused partition's prefetched records and
 //! fetches them again after the resume: a bound the benchmark's backlog reaches costs 10-30%
 //! of its throughput (BENCHMARKS.md, 7 December, a twenty-third session), so the default is
@@ -298,28 +298,9 @@ struct Part {
     /// Whether it holds too many records to fetch more: set at the bound, cleared at half
     /// of it. The client is told at the next [`InputBuffer::take_fetching`].
     hold: bool,
-    /// What the client was last told about fetching it.
-    fetching: Fetching,
+    /// Whether the client was told to pause it (and not to resume it since).
+    paused: bool,
 }
-
-/// What routing last told the client about fetching a partition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fetching {
-    /// Nothing: the client fetches it as it fetches any assigned partition.
-    Free,
-    /// Paused: it held the bound.
-    Paused,
-    /// Resumed, at that time, and nothing polled from it since. librdkafka drops a resume
-    /// that comes before it has handled the pause (it checks the flag the pause sets, from
-    /// its own thread), which would leave the partition paused for good; so a resume is
-    /// asked again on [`InputBuffer::take_fetching`] with `recheck` until a record comes or
-    /// [`RESUME_RECHECK`] has passed. Asked of a partition that is not paused, it does nothing.
-    Resumed(Instant),
-}
-
-/// How long a resumed partition that delivers nothing is resumed again on every recheck
-/// (see [`Fetching::Resumed`]).
-pub const RESUME_RECHECK: Duration = Duration::from_secs(10);
 
 /// A record in its partition's [`Queue`]: a [`Polled`] without the topic and partition,
 /// which are the same for the whole queue, and with its timestamp in 8 bytes, not an
@@ -450,7 +431,7 @@ impl Part {
             polled: false,
             taken: None,
             hold: false,
-            fetching: Fetching::Free,
+            paused: false,
         }
     }
 
@@ -568,7 +549,7 @@ impl InputBuffer {
 
     /// A partition let go while the client had it paused is resumed there.
     fn release(&mut self, old: Part) {
-        if old.fetching == Fetching::Paused {
+        if old.paused {
             self.released.push(old.key);
         }
     }
@@ -602,9 +583,6 @@ impl InputBuffer {
         part.polled = true;
         part.queue.push_back(Queued::new(offset, timestamp, body));
         self.buffered += 1;
-        if let Fetching::Resumed(_) = part.fetching {
-            part.fetching = Fetching::Free;
-        }
         if self.bound > 0 && !part.hold && part.queue.len() >= self.bound {
             part.hold = true;
             self.fetching_changed = true;
@@ -613,36 +591,16 @@ impl InputBuffer {
 
     /// What the client should be told about fetching, since the last call: partitions that
     /// reached the bound to pause, partitions routing took half their bound from (or let go
-    /// of, or dropped the records of) to resume. With `recheck`, also partitions resumed
-    /// within [`RESUME_RECHECK`] that delivered nothing since, to resume again (see
-    /// [`Fetching::Resumed`]); call it so about once a second.
-    pub fn take_fetching(&mut self, recheck: bool) -> FetchChanges {
+    /// of, or dropped the records of) to resume.
+    pub fn take_fetching(&mut self) -> FetchChanges {
         let mut changes = FetchChanges { pause: Vec::new(), resume: std::mem::take(&mut self.released) };
-        if !self.fetching_changed && !recheck {
+        if !std::mem::take(&mut self.fetching_changed) {
             return changes;
         }
-        self.fetching_changed = false;
-        let now = Instant::now();
-        for part in &mut self.parts {
-            match (part.hold, part.fetching) {
-                (true, Fetching::Paused) => {}
-                (true, _) => {
-                    part.fetching = Fetching::Paused;
-                    changes.pause.push(part.key.clone());
-                }
-                (false, Fetching::Paused) => {
-                    part.fetching = Fetching::Resumed(now);
-                    changes.resume.push(part.key.clone());
-                }
-                (false, Fetching::Resumed(at)) if recheck => {
-                    if now.duration_since(at) < RESUME_RECHECK {
-                        changes.resume.push(part.key.clone());
-                    } else {
-                        part.fetching = Fetching::Free;
-                    }
-                }
-                (false, _) => {}
-            }
+        for part in self.parts.iter_mut().filter(|p| p.hold != p.paused) {
+            part.paused = part.hold;
+            let list = if part.hold { &mut changes.pause } else { &mut changes.resume };
+            list.push(part.key.clone());
         }
         changes
     }
@@ -1218,44 +1176,23 @@ mod tests {
         for i in 0..3 {
             b.push(record("reads", 0, i, 10 + i));
         }
-        assert_eq!(b.take_fetching(false), FetchChanges::default(), "below the bound");
+        assert_eq!(b.take_fetching(), FetchChanges::default(), "below the bound");
         b.push(record("reads", 0, 3, 13));
         b.push(record("room", 0, 0, 11));
-        let changes = b.take_fetching(false);
+        let changes = b.take_fetching();
         assert_eq!((keys(&changes.pause), keys(&changes.resume)), (vec![("reads".to_string(), 0)], vec![]));
-        assert_eq!(b.take_fetching(true), FetchChanges::default(), "told once");
+        assert_eq!(b.take_fetching(), FetchChanges::default(), "told once");
         // Records fetched before the pause took hold still come, and are kept.
         b.push(record("reads", 0, 4, 14));
         assert_eq!(b.buffered(), 6);
         // Two reads and the room's record: three reads left, above half the bound.
         assert_eq!(take_round(&mut b, &idle, 3).len(), 3);
-        assert_eq!(b.take_fetching(false), FetchChanges::default());
+        assert_eq!(b.take_fetching(), FetchChanges::default());
         assert_eq!(take_round(&mut b, &idle, 1).len(), 1);
-        let changes = b.take_fetching(false);
+        let changes = b.take_fetching();
         assert_eq!((keys(&changes.pause), keys(&changes.resume)), (vec![], vec![("reads".to_string(), 0)]));
-        assert_eq!(b.take_fetching(false), FetchChanges::default(), "told once");
+        assert_eq!(b.take_fetching(), FetchChanges::default(), "told once");
         assert_eq!(take_round(&mut b, &idle, usize::MAX).len(), 2);
-    }
-
-    #[test]
-    fn a_resume_is_asked_again_on_recheck_until_the_partition_delivers() {
-        let mut b = InputBuffer::with_bound(2);
-        b.assign("reads", 0, Some(0));
-        let idle = Lagging(HashSet::new());
-        b.push(record("reads", 0, 0, 10));
-        b.push(record("reads", 0, 1, 11));
-        assert_eq!(keys(&b.take_fetching(false).pause), [("reads".to_string(), 0)]);
-        take_round(&mut b, &idle, 1);
-        assert_eq!(keys(&b.take_fetching(false).resume), [("reads".to_string(), 0)]);
-        // librdkafka may have dropped that resume (see `Fetching::Resumed`): asked again on
-        // every recheck, but not on the rounds between.
-        assert_eq!(b.take_fetching(false), FetchChanges::default());
-        assert_eq!(keys(&b.take_fetching(true).resume), [("reads".to_string(), 0)]);
-        assert_eq!(keys(&b.take_fetching(true).resume), [("reads".to_string(), 0)]);
-        // A record polled from it shows that it fetches again.
-        take_round(&mut b, &idle, usize::MAX);
-        b.push(record("reads", 0, 2, 12));
-        assert_eq!(b.take_fetching(true), FetchChanges::default());
     }
 
     #[test]
@@ -1265,16 +1202,16 @@ mod tests {
             b.assign("reads", p, Some(0));
             b.push(record("reads", p, 0, 10));
         }
-        assert_eq!(b.take_fetching(false).pause.len(), 3);
+        assert_eq!(b.take_fetching().pause.len(), 3);
         b.revoke("reads", 0);
         b.assign("reads", 1, Some(0));
-        let changes = b.take_fetching(false);
+        let changes = b.take_fetching();
         assert_eq!(
             (keys(&changes.pause), keys(&changes.resume)),
             (vec![], vec![("reads".to_string(), 0), ("reads".to_string(), 1)])
         );
         b.reset(&Default::default());
-        assert_eq!(keys(&b.take_fetching(false).resume), [("reads".to_string(), 2)]);
+        assert_eq!(keys(&b.take_fetching().resume), [("reads".to_string(), 2)]);
         assert_eq!(b.buffered(), 0);
     }
 
@@ -1309,7 +1246,7 @@ mod tests {
                     next[p] += 1;
                 }
                 take_round(&mut b, &backlog, routed);
-                let changes = b.take_fetching(clock % 3 == 0);
+                let changes = b.take_fetching();
                 for (_, p) in &changes.pause {
                     proptest::prop_assert!(paused.insert(*p as usize), "paused twice");
                 }
