@@ -68,6 +68,8 @@ pub struct Metrics {
     pub fetched_inputs: IntGauge,
     /// Input records polled and waiting to be routed in timestamp order.
     pub buffered_inputs: IntGauge,
+    /// The most input records one partition held waiting to be routed since the last tick.
+    pub buffered_inputs_peak: IntGauge,
     /// Times an input partition was paused for holding
     /// `processing.buffered_records_per_partition` records.
     pub input_pauses: IntCounter,
@@ -262,6 +264,11 @@ impl Metrics {
                 &r,
                 "allread_enforced_routing_total",
                 "Routing rounds that stopped waiting for a lagging input partition after processing.max_task_idle_ms.",
+            ),
+            buffered_inputs_peak: gauge(
+                &r,
+                "allread_buffered_input_records_partition_peak",
+                "The most input records one partition held waiting to be routed since the last tick (compare with processing.buffered_records_per_partition).",
             ),
             input_pauses: counter(
                 &r,

@@ -1594,7 +1594,9 @@ impl Processor {
     }
 
     /// Per-task gauges of the engines' caches.
-    pub fn update_gauges(&self) {
+    pub fn update_gauges(&mut self) {
+        let peak = self.inputs.take_peak();
+        self.metrics.buffered_inputs_peak.set(i64::try_from(peak).unwrap_or(i64::MAX));
         self.metrics.tasks.set(self.tasks.len() as i64);
         self.metrics.restoring_tasks.set(self.restoring() as i64);
         self.metrics.buffered_inputs.set(self.inputs.buffered() as i64);

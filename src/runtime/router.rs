@@ -484,6 +484,8 @@ pub struct InputBuffer {
     /// Partitions revoked or assigned again while paused: to resume in the client, so that
     /// they are not paused when assigned next.
     released: Vec<Key>,
+    /// The most records one partition held since [`InputBuffer::take_peak`] was last called.
+    peak: usize,
 }
 
 /// Which partitions the client should pause and resume, from [`InputBuffer::take_fetching`].
@@ -583,10 +585,17 @@ impl InputBuffer {
         part.polled = true;
         part.queue.push_back(Queued::new(offset, timestamp, body));
         self.buffered += 1;
+        self.peak = self.peak.max(part.queue.len());
         if self.bound > 0 && !part.hold && part.queue.len() >= self.bound {
             part.hold = true;
             self.fetching_changed = true;
         }
+    }
+
+    /// The most records one partition held since the last call (what the bound is measured
+    /// against).
+    pub fn take_peak(&mut self) -> usize {
+        std::mem::take(&mut self.peak)
     }
 
     /// What the client should be told about fetching, since the last call: partitions that
@@ -1193,6 +1202,22 @@ mod tests {
         assert_eq!((keys(&changes.pause), keys(&changes.resume)), (vec![], vec![("reads".to_string(), 0)]));
         assert_eq!(b.take_fetching(), FetchChanges::default(), "told once");
         assert_eq!(take_round(&mut b, &idle, usize::MAX).len(), 2);
+    }
+
+    #[test]
+    fn the_peak_is_the_most_one_partition_held_since_it_was_last_taken() {
+        let mut b = InputBuffer::with_bound(100);
+        b.assign("room", 0, Some(0));
+        b.assign("reads", 0, Some(0));
+        for i in 0..3 {
+            b.push(record("reads", 0, i, 10 + i));
+        }
+        b.push(record("room", 0, 0, 20));
+        assert_eq!(b.take_peak(), 3, "the largest partition, not the sum");
+        assert_eq!(b.take_peak(), 0, "none pushed since");
+        take_round(&mut b, &Lagging(HashSet::new()), usize::MAX);
+        b.push(record("room", 0, 1, 21));
+        assert_eq!(b.take_peak(), 1);
     }
 
     #[test]
