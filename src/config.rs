@@ -761,6 +761,8 @@ mod layering {
         // A value of the right type that validation rejects is named by validation.
         let c = load_env(&[("ALLREAD_HTTP__LISTEN", "nowhere")]).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("http.listen"));
+        let c = load_env(&[("ALLREAD_PROCESSING__BUFFERED_RECORDS_PER_PARTITION", "0")]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("processing.buffered_records_per_partition"));
     }
 
     #[test]
