@@ -263,7 +263,8 @@ fn a_backlog_routed_under_a_small_bound_per_partition_gives_exactly_the_expected
     // An input partition holding 20 records waiting to be routed is paused until routing has
     // taken 10 of them: over a backlog of thousands of records, partitions are paused and
     // resumed again and again, and librdkafka drops what it had prefetched of each paused one
-    // and fetches it again. Nothing may be lost, applied twice, or left behind paused.
+    // and fetches it again. Nothing may be lost, applied twice, or left behind paused, and
+    // no partition may hold more than the bound and one poll (200 records).
     let s = Setup::new("bound");
     let w = Workload::new(12, 1_000, 11);
     let chat = Chat::new(&s.bootstrap);
@@ -273,10 +274,31 @@ fn a_backlog_routed_under_a_small_bound_per_partition_gives_exactly_the_expected
         &s.config("buffered_records_per_partition = 20\nmax_poll_records = 200"),
         &s.dir.path().join("allread.log"),
     );
+    // The most one partition held, as the gauge gives it for each tick.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = {
+        let (done, port) = (done.clone(), s.http_port);
+        std::thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((_, text)) = common::http_get(port, "/metrics") {
+                    let p = common::metric(&text, "allread_buffered_input_records_partition_peak").unwrap_or(0.0);
+                    peak = peak.max(p);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
     expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.join().unwrap();
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
     let pauses = common::metric(&text, "allread_input_pauses_total").unwrap_or(0.0);
     assert!(pauses >= 10.0, "partitions were paused again and again: {pauses}");
+    // Paused in the consumer, a partition delivers nothing more: it holds at most the bound
+    // and the rest of the poll that reached it (unpaused, one held 1,185 records here).
+    assert!(peak > 0.0 && peak <= 220.0, "the most one partition held: {peak}");
 }
 
 /// Reads `out` until every receipt `w` expects is in (and 2 s more): exactly those, each once.
