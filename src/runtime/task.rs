@@ -16,6 +16,7 @@
 //! message's expiry entry beside it, and deletes a pending message's with it (see
 //! `persist::derived_expiry_entry`).
 
+use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,6 +34,64 @@ struct TopicPositions {
     topic: Arc<str>,
     /// Partition -> (last input offset applied, changed since the last commit).
     partitions: HashMap<i32, (i64, bool)>,
+}
+
+/// The positions applied from each input partition, by topic: looked up for every record.
+#[derive(Default)]
+struct Sources {
+    topics: Vec<TopicPositions>,
+    /// `topics`' index by name, looked up by `&str`: no allocation per record (and, as every
+    /// map looked up per record, with a fast hasher).
+    index: HashMap<Arc<str>, usize>,
+    /// The index of the topic found last. Most records in a row come from one topic (a chat
+    /// has several reads to each message), so one comparison usually answers without hashing
+    /// the name.
+    last: usize,
+    /// The partitions whose position changed since the last commit: (index in `topics`,
+    /// partition).
+    dirty: Vec<(usize, i32)>,
+}
+
+impl Sources {
+    /// `topic`'s index, if a position of it is held.
+    fn find(&mut self, topic: &str) -> Option<usize> {
+        if self.topics.get(self.last).is_some_and(|t| *t.topic == *topic) {
+            return Some(self.last);
+        }
+        let i = *self.index.get(topic)?;
+        self.last = i;
+        Some(i)
+    }
+
+    /// `topic`'s index, added without positions if it was not held.
+    fn find_or_add(&mut self, topic: &str) -> usize {
+        if let Some(i) = self.find(topic) {
+            return i;
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        let i = self.topics.len();
+        self.index.insert(topic.clone(), i);
+        self.topics.push(TopicPositions { topic, partitions: HashMap::default() });
+        self.last = i;
+        i
+    }
+
+    /// A position read from the store (committed, so not changed).
+    fn load(&mut self, topic: &str, partition: i32, offset: i64) {
+        let i = self.find_or_add(topic);
+        self.topics[i].partitions.insert(partition, (offset, false));
+    }
+
+    /// Hands each position changed since the last commit to `f` (topic, partition, offset),
+    /// and marks it unchanged.
+    fn take_changed(&mut self, mut f: impl FnMut(&str, i32, i64)) {
+        for (i, partition) in self.dirty.drain(..) {
+            let topic = &mut self.topics[i];
+            let entry = topic.partitions.get_mut(&partition).expect("dirty sources are known");
+            entry.1 = false;
+            f(&topic.topic, partition, entry.0);
+        }
+    }
 }
 
 /// A changelog record: its offset, the store key, and the value (`None`: a tombstone).
@@ -64,10 +123,7 @@ pub struct Task {
     changelog_offset: Option<i64>,
     /// Whether the task is catching up from its changelog (no processing, no queries).
     pub restoring: bool,
-    /// Looked up by `&str`: no allocation per record (and, as every map looked up per record,
-    /// with a fast hasher).
-    sources: HashMap<Arc<str>, TopicPositions>,
-    dirty_sources: Vec<(Arc<str>, i32)>,
+    sources: Sources,
     /// Whether anything changed since the last batch was prepared.
     uncommitted: bool,
     /// `next_offset` as of the batch prepared and not written yet, if there is one.
@@ -118,21 +174,18 @@ impl Task {
         };
         let next_offset = read_i64(KEY_OFFSET)?;
         let changelog_offset = read_i64(KEY_CHANGELOG)?;
-        let mut sources: HashMap<Arc<str>, TopicPositions> = HashMap::default();
+        let mut sources = Sources::default();
         let mut failure = None;
         store.scan_prefix(PREFIX_SOURCE, &mut |k, v| {
             let parsed = (|| {
                 let len = u16::from_be_bytes(k.get(2..4)?.try_into().ok()?) as usize;
                 let topic = std::str::from_utf8(k.get(4..4 + len)?).ok()?;
                 let partition = i32::from_be_bytes(k.get(4 + len..8 + len)?.try_into().ok()?);
-                Some((Arc::<str>::from(topic), partition))
+                Some((topic, partition))
             })();
             match (parsed, i64_value(k, v)) {
                 (Some((topic, partition)), Ok(offset)) => {
-                    let positions = sources
-                        .entry(topic.clone())
-                        .or_insert_with(|| TopicPositions { topic, partitions: HashMap::default() });
-                    positions.partitions.insert(partition, (offset, false));
+                    sources.load(topic, partition, offset);
                     true
                 }
                 (None, _) => {
@@ -157,7 +210,6 @@ impl Task {
             changelog_offset,
             restoring: true,
             sources,
-            dirty_sources: Vec::new(),
             uncommitted: false,
             prepared_offset: None,
             carried: Outcomes::default(),
@@ -205,35 +257,23 @@ impl Task {
         now: Millis,
         receipts: &mut Vec<Completed>,
     ) -> Result<bool, EngineError> {
-        // The source partition's position, looked up once: this runs for every record.
-        let known = self.sources.get_mut(topic).and_then(|t| t.partitions.get_mut(&partition).map(|p| (&t.topic, p)));
-        if known.as_ref().is_some_and(|(_, (applied, _))| offset <= *applied) {
-            self.skipped_duplicates += 1;
-            return Ok(false);
+        // The source partition's position, looked up once: this runs for every record. (A
+        // topic added here and left without positions by an engine error writes nothing.)
+        let t = self.sources.find_or_add(topic);
+        let position = self.sources.topics[t].partitions.entry(partition);
+        if let Entry::Occupied(applied) = &position {
+            if offset <= applied.get().0 {
+                self.skipped_duplicates += 1;
+                return Ok(false);
+            }
         }
         self.engine.apply(event, now)?;
         self.uncommitted = true;
-        match known {
-            Some((topic, (applied, changed))) => {
-                *applied = offset;
-                if !*changed {
-                    *changed = true;
-                    self.dirty_sources.push((topic.clone(), partition));
-                }
-            }
-            None => {
-                let positions = match self.sources.get_mut(topic) {
-                    Some(p) => p,
-                    None => {
-                        let topic: Arc<str> = Arc::from(topic);
-                        self.sources
-                            .entry(topic.clone())
-                            .or_insert_with(|| TopicPositions { topic, partitions: HashMap::default() })
-                    }
-                };
-                positions.partitions.insert(partition, (offset, true));
-                self.dirty_sources.push((positions.topic.clone(), partition));
-            }
+        let (applied, changed) = position.or_insert((offset, false));
+        *applied = offset;
+        if !*changed {
+            *changed = true;
+            self.sources.dirty.push((t, partition));
         }
         receipts.extend(self.engine.drain_emitted().map(|r| (source_timestamp, r)));
         Ok(true)
@@ -254,16 +294,13 @@ impl Task {
         if self.restoring || (!self.uncommitted && !self.engine.has_uncommitted()) {
             return Ok(None);
         }
-        let mut extra: Vec<Write> = Vec::with_capacity(self.dirty_sources.len() + 1);
+        let mut extra: Vec<Write> = Vec::with_capacity(self.sources.dirty.len() + 1);
         if let Some(o) = self.next_offset {
             extra.push((KEY_OFFSET.to_vec(), Some(o.to_be_bytes().to_vec())));
         }
-        for (topic, partition) in self.dirty_sources.drain(..) {
-            let entry = self.sources.get_mut(&topic).and_then(|t| t.partitions.get_mut(&partition));
-            let entry = entry.expect("dirty sources are known");
-            entry.1 = false;
-            extra.push((source_key(&topic, partition), Some(entry.0.to_be_bytes().to_vec())));
-        }
+        self.sources.take_changed(|topic, partition, offset| {
+            extra.push((source_key(topic, partition), Some(offset.to_be_bytes().to_vec())));
+        });
         let batch = self.engine.prepare_commit(extra)?;
         self.prepared_offset = Some(self.next_offset);
         self.uncommitted = false;
