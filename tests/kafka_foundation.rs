@@ -351,3 +351,69 @@ fn forwarded_partitions_are_served_in_batches_in_order_and_a_seek_drops_what_was
     let (more, _) = take_batches(&c, &mut queue, 1, Duration::from_secs(2));
     assert!(more.is_empty(), "nothing fetched before the seek is served after it: {:?}", more.first());
 }
+
+#[test]
+fn records_of_one_topic_in_one_batch_share_a_topic_identity_and_records_of_other_topics_or_batches_do_not() {
+    use allread::kafka::records::{ForwardingContext, RecordQueue};
+
+    let bootstrap = common::broker();
+    let topics: Vec<String> = (0..3).map(|_| common::unique("foundation_identity_")).collect();
+    for topic in &topics {
+        common::create_topic(&bootstrap, topic, 1);
+    }
+    let p = producer(&bootstrap, None);
+    let send_all = |round: i32| {
+        for i in 0..100 {
+            for topic in &topics {
+                let payload = format!("{round}-{i}");
+                allread::kafka::send(&p, BaseRecord::<(), _>::to(topic).payload(payload.as_bytes())).expect("sent");
+            }
+        }
+        allread::kafka::flush(&p, Duration::from_secs(30)).expect("flushed");
+    };
+    let c: BaseConsumer<ForwardingContext> = consumer_config(&bootstrap, &common::unique("g_"), "read_uncommitted")
+        .create_with_context(ForwardingContext::default())
+        .expect("consumer");
+    let mut queue = RecordQueue::open(&c, &c.context().forwarding);
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    c.subscribe(&names).unwrap();
+    // Each round's 300 records, fetched into the queue first, then taken in one batch: (topic,
+    // identity) of each.
+    let mut take_round = |round: i32| -> Vec<(String, (u64, usize))> {
+        send_all(round);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queue.len() < 300 && Instant::now() < deadline {
+            while let Some(m) = c.poll(Duration::ZERO) {
+                m.expect("consumer error");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut got = Vec::new();
+        queue.poll(Duration::from_secs(1), 1_000, |m| {
+            let m = m.expect("consumer error");
+            got.push((m.topic().to_string(), m.topic_identity()));
+        });
+        assert_eq!(got.len(), 300, "the round's records, in one batch");
+        got
+    };
+    let first = take_round(0);
+    let second = take_round(1);
+    for batch in [&first, &second] {
+        let distinct: std::collections::HashSet<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(distinct.len(), 3, "the batch holds records of every topic");
+        for a in batch {
+            for b in batch {
+                assert_eq!(
+                    a.0 == b.0,
+                    a.1 == b.1,
+                    "within a batch, the same identity exactly when of one topic: {a:?} {b:?}"
+                );
+            }
+        }
+    }
+    for a in &first {
+        for b in &second {
+            assert_ne!(a.1, b.1, "records of different batches never share an identity");
+        }
+    }
+}

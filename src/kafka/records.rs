@@ -21,7 +21,7 @@
 use std::ffi::{c_void, CStr};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -114,9 +114,10 @@ impl<'c> RecordQueue<'c> {
         let taken = taken as usize;
         // SAFETY: librdkafka initialised the first `taken` pointers.
         unsafe { self.batch.set_len(taken) };
+        let batch = BATCHES.fetch_add(1, Ordering::Relaxed);
         for &ptr in &self.batch {
-            let record = Record { ptr: NonNull::new(ptr).expect("librdkafka returns messages"), _queue: PhantomData };
-            f(record.into_result());
+            let ptr = NonNull::new(ptr).expect("librdkafka returns messages");
+            f(Record { ptr, batch, _queue: PhantomData }.into_result());
         }
         taken
     }
@@ -144,9 +145,14 @@ impl Drop for RecordQueue<'_> {
     }
 }
 
+/// Numbers the batches every [`RecordQueue`] serves, each with a number of its own.
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+
 /// One record taken from a [`RecordQueue`], released when dropped.
 pub struct Record<'q> {
     ptr: NonNull<rd::rd_kafka_message_t>,
+    /// The number of the batch it came in.
+    batch: u64,
     _queue: PhantomData<&'q ()>,
 }
 
@@ -171,6 +177,16 @@ impl<'q> Record<'q> {
         // a NUL-terminated string.
         let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(self.message().rkt)) };
         name.to_str().expect("a Kafka topic name is ASCII")
+    }
+
+    /// The same for two records exactly when they are of one topic, without reading its
+    /// name: the record's batch, and the address of its librdkafka topic handle. Every record
+    /// of a batch held a reference to its topic's handle when the batch was served, so within
+    /// a batch one address is one handle, of one topic. Across batches an address may be
+    /// reused for another topic's handle (once the first one's is freed), so records of
+    /// different batches never compare the same.
+    pub fn topic_identity(&self) -> (u64, usize) {
+        (self.batch, self.message().rkt as usize)
     }
 
     pub fn partition(&self) -> i32 {

@@ -32,8 +32,8 @@ use crate::codec::{self, DecodeError, DecodeLimits};
 use crate::config::Config;
 use crate::receipts::Event;
 
-// Every polled record is looked up in both maps: foldhash, as the engine's maps, not SipHash.
-use crate::receipts::{HashMap, HashSet};
+// Every polled record is looked up in these maps: foldhash, as the engine's maps, not SipHash.
+use crate::receipts::HashMap;
 
 type Key = (Arc<str>, i32);
 
@@ -102,17 +102,49 @@ impl InputDecoder {
         codec::decode_input(topic, &self.read, &self.room_prefix, payload, &self.limits)
     }
 
-    /// A polled record's verdict: `None` for one of the repartition topic, which its task
-    /// decodes.
-    fn polled(&self, topic: &str, payload: &[u8]) -> Option<Result<Event, DecodeError>> {
-        (topic != self.repartition).then(|| self.input(topic, payload))
+    /// Which of the topics it decodes `topic` is.
+    fn kind(&self, topic: &str) -> TopicKind {
+        if topic == self.read {
+            TopicKind::Read
+        } else if topic == self.repartition {
+            TopicKind::Repartition
+        } else {
+            TopicKind::Room
+        }
     }
+
+    /// A polled record's verdict, by its topic and the topic's kind: `None` for one of the
+    /// repartition topic, which its task decodes.
+    fn polled(&self, topic: &str, kind: TopicKind, payload: &[u8]) -> Option<Result<Event, DecodeError>> {
+        match kind {
+            TopicKind::Read => Some(codec::decode_read_event(payload, &self.limits)),
+            TopicKind::Room => {
+                Some(codec::decode_room_event(payload, topic.strip_prefix(self.room_prefix.as_str()), &self.limits))
+            }
+            TopicKind::Repartition => None,
+        }
+    }
+}
+
+/// What a topic's records are to the decoder: found once per topic (see [`TopicNames`]), not
+/// by comparing names for every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicKind {
+    Read,
+    /// A room topic, or any other input topic (which decodes as one).
+    Room,
+    Repartition,
 }
 
 /// What [`Polled::new`] reads of a fetched record: a record served in a batch
 /// ([`crate::kafka::records::Record`]), or one rdkafka's `poll` gave.
 pub trait Fetched {
     fn topic(&self) -> &str;
+    /// Something that is the same for two records exactly when they are of one topic, if the
+    /// record has it: see [`crate::kafka::records::Record::topic_identity`].
+    fn topic_identity(&self) -> Option<(u64, usize)> {
+        None
+    }
     fn partition(&self) -> i32;
     fn offset(&self) -> i64;
     /// Milliseconds since the epoch, if the record has a timestamp.
@@ -126,6 +158,9 @@ pub trait Fetched {
 impl Fetched for crate::kafka::records::Record<'_> {
     fn topic(&self) -> &str {
         self.topic()
+    }
+    fn topic_identity(&self) -> Option<(u64, usize)> {
+        Some(self.topic_identity())
     }
     fn partition(&self) -> i32 {
         self.partition()
@@ -173,9 +208,9 @@ impl Fetched for BorrowedMessage<'_> {
 
 impl Polled {
     pub fn new(m: &impl Fetched, topics: &mut TopicNames, decoder: &InputDecoder) -> Polled {
-        let topic = topics.get(m.topic());
+        let (topic, kind) = topics.of(m, decoder);
         let payload = m.payload();
-        let error = match decoder.polled(&topic, payload.unwrap_or_default()) {
+        let error = match decoder.polled(&topic, kind, payload.unwrap_or_default()) {
             Some(Ok(event)) => {
                 // A Kafka record is far smaller than 4 GiB.
                 let bytes = payload.map_or(0, |p| u32::try_from(p.len()).expect("a record under 4 GiB"));
@@ -243,30 +278,52 @@ impl Raw {
     }
 }
 
-/// The topic names records came from, one shared copy of each.
+/// The topic names records came from, one shared copy of each, with what their records are to
+/// the decoder.
 #[derive(Default)]
 pub struct TopicNames {
-    names: HashSet<Arc<str>>,
-    /// The last one asked for: librdkafka hands records over in runs of one partition, so a
-    /// comparison usually answers without hashing the name.
-    last: Option<Arc<str>>,
+    names: HashMap<Arc<str>, TopicKind>,
+    /// The last one asked for: librdkafka hands records over in runs of one partition, so
+    /// the last one usually answers without hashing the name.
+    last: Option<(Arc<str>, TopicKind)>,
+    /// The last record's [`Fetched::topic_identity`], if it had one: a record with the same
+    /// one is of the same topic, known without reading its name.
+    last_identity: Option<(u64, usize)>,
 }
 
 impl TopicNames {
-    pub fn get(&mut self, topic: &str) -> Arc<str> {
-        if let Some(last) = self.last.as_ref().filter(|last| ***last == *topic) {
-            return last.clone();
+    /// A fetched record's topic, and what its records are to `decoder`. Finding a topic's
+    /// name costs a `strlen`, a UTF-8 check and comparisons of the name (about 3% of the
+    /// processing thread for every record); a record whose topic identity is the last one's
+    /// costs one comparison of two integers.
+    fn of(&mut self, m: &impl Fetched, decoder: &InputDecoder) -> (Arc<str>, TopicKind) {
+        let identity = m.topic_identity();
+        if let (Some(id), Some(last)) = (identity, &self.last) {
+            if self.last_identity == Some(id) {
+                return (last.0.clone(), last.1);
+            }
         }
-        let t = match self.names.get(topic) {
-            Some(t) => t.clone(),
+        let found = self.lookup(m.topic(), |t| decoder.kind(t));
+        self.last_identity = identity;
+        found
+    }
+
+    fn lookup(&mut self, topic: &str, kind: impl FnOnce(&str) -> TopicKind) -> (Arc<str>, TopicKind) {
+        if let Some(last) = self.last.as_ref().filter(|last| *last.0 == *topic) {
+            return (last.0.clone(), last.1);
+        }
+        let found = match self.names.get_key_value(topic) {
+            Some((t, &k)) => (t.clone(), k),
             None => {
                 let t: Arc<str> = Arc::from(topic);
-                self.names.insert(t.clone());
-                t
+                let k = kind(topic);
+                self.names.insert(t.clone(), k);
+                (t, k)
             }
         };
-        self.last = Some(t.clone());
-        t
+        self.last = Some(found.clone());
+        self.last_identity = None;
+        found
     }
 }
 
@@ -761,16 +818,92 @@ mod tests {
         assert!(queued + 32 <= polled, "{queued} bytes queued against {polled} polled");
     }
 
+    /// A fetched record of `topic`, with a topic identity if given.
+    struct Fake<'a> {
+        topic: &'a str,
+        identity: Option<(u64, usize)>,
+    }
+
+    impl Fetched for Fake<'_> {
+        fn topic(&self) -> &str {
+            self.topic
+        }
+        fn topic_identity(&self) -> Option<(u64, usize)> {
+            self.identity
+        }
+        fn partition(&self) -> i32 {
+            0
+        }
+        fn offset(&self) -> i64 {
+            0
+        }
+        fn timestamp(&self) -> Option<i64> {
+            None
+        }
+        fn key(&self) -> Option<&[u8]> {
+            None
+        }
+        fn payload(&self) -> Option<&[u8]> {
+            None
+        }
+        fn headers(&self) -> Option<OwnedHeaders> {
+            None
+        }
+    }
+
+    fn cfg() -> Config {
+        let mut cfg = Config::default();
+        cfg.topics.read = "reads".into();
+        cfg.topics.room_prefix = "room_".into();
+        cfg
+    }
+
+    fn decoder() -> InputDecoder {
+        InputDecoder::new(&cfg())
+    }
+
     #[test]
     fn each_topic_name_is_one_shared_copy_whatever_the_order_asked() {
-        let mut names = TopicNames::default();
-        let a = names.get("room_a");
-        assert!(Arc::ptr_eq(&a, &names.get("room_a")), "the last one, again");
-        let b = names.get("room_b");
+        let (mut names, decoder) = (TopicNames::default(), decoder());
+        let mut get = |topic: &str| names.of(&Fake { topic, identity: None }, &decoder).0;
+        let a = get("room_a");
+        assert!(Arc::ptr_eq(&a, &get("room_a")), "the last one, again");
+        let b = get("room_b");
         assert_eq!(&*b, "room_b");
-        assert!(Arc::ptr_eq(&a, &names.get("room_a")), "an earlier one");
-        assert!(Arc::ptr_eq(&b, &names.get("room_b")));
-        assert_eq!(&*names.get("room_c"), "room_c", "never the last one for another name");
+        assert!(Arc::ptr_eq(&a, &get("room_a")), "an earlier one");
+        assert!(Arc::ptr_eq(&b, &get("room_b")));
+        assert_eq!(&*get("room_c"), "room_c", "never the last one for another name");
+    }
+
+    #[test]
+    fn a_topics_kind_is_found_by_its_name_and_kept_with_it() {
+        let (mut names, decoder) = (TopicNames::default(), decoder());
+        let repartition = cfg().repartition_topic();
+        let mut kind = |topic: &str| names.of(&Fake { topic, identity: None }, &decoder).1;
+        for _ in 0..2 {
+            assert_eq!(kind("reads"), TopicKind::Read);
+            assert_eq!(kind("room_a"), TopicKind::Room);
+            assert_eq!(kind(&repartition), TopicKind::Repartition);
+            assert_eq!(kind("reads_2"), TopicKind::Room, "any other topic decodes as a room's");
+        }
+    }
+
+    #[test]
+    fn a_record_with_the_last_ones_topic_identity_is_of_its_topic_and_any_other_is_found_by_name() {
+        let (mut names, decoder) = (TopicNames::default(), decoder());
+        let mut of = |topic: &str, identity: Option<(u64, usize)>| names.of(&Fake { topic, identity }, &decoder);
+        let (a, kind) = of("reads", Some((1, 10)));
+        assert_eq!((&*a, kind), ("reads", TopicKind::Read));
+        // The same identity: the name is not read (a record of one topic never has another's).
+        let (same, kind) = of("not read", Some((1, 10)));
+        assert!(Arc::ptr_eq(&a, &same));
+        assert_eq!(kind, TopicKind::Read);
+        // Another identity, or none: found by name.
+        let (b, kind) = of("room_b", Some((1, 11)));
+        assert_eq!((&*b, kind), ("room_b", TopicKind::Room));
+        assert_eq!(&*of("room_c", Some((2, 11))).0, "room_c", "the same address in another batch");
+        assert_eq!(&*of("room_d", None).0, "room_d");
+        assert_eq!(&*of("room_e", Some((2, 11))).0, "room_e", "a record without one in between");
     }
 
     #[test]
