@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Input records written to the repartition topic.
     pub routed: IntCounter,
     pub shortcut: IntCounter,
+    /// Output made while an `exactly_once` transaction completed, sent into the next one.
+    pub held_output: IntCounter,
     /// Repartition records that could not be read (only allread writes that topic).
     pub corrupt_repartition_records: IntCounter,
     pub receipts: IntCounter,
@@ -141,6 +143,11 @@ impl Metrics {
                 &r,
                 "allread_shortcut_records_total",
                 "Input records applied to a task of this instance directly, without the repartition topic.",
+            ),
+            held_output: counter(
+                &r,
+                "allread_held_output_records_total",
+                "Records (receipts, repartition records, dead letters) produced while an exactly_once transaction completed, held and sent into the next one.",
             ),
             corrupt_repartition_records: counter(
                 &r,

@@ -24,12 +24,16 @@
 //!   and the read, consumed again, would produce nothing (`complete_acks`).
 //!
 //! Under `exactly_once`, (2) and (3) are broker round trips (about 15 ms a commit in a backlog
-//! run, BENCHMARKS.md), so they run on a thread of their own (`CommitInFlight`): meanwhile the
-//! loop polls and decodes input into the router, and routes, applies and produces nothing,
-//! since the next transaction has not begun. (The engines could go on applying events with a
-//! batch prepared, `Engine::prepare_commit`, keeping what they produce for the next
-//! transaction. Built and measured on 6 December: no gain, as the loop already decodes
-//! meanwhile and the other threads take the cores; not kept, BENCHMARKS.md.)
+//! run, BENCHMARKS.md), so they run on a thread of their own (`CommitInFlight`). Nothing can
+//! be produced meanwhile: the transaction is being committed and the next one has not begun.
+//! The loop goes on polling, routing and applying input all the same (the engines read
+//! through the batch they prepared, and their new changes go to the next commit), and holds
+//! what that produces (receipts, repartition records, dead letters; at most
+//! [`MAX_HELD_OUTPUT`], then input waits in the router) until the commit settles, when it
+//! goes into the next transaction ([`Processor::release_output`]), with the state changes
+//! and input offsets it came from. A rewind drops it: the input is read and applied again.
+//! Only a repartition record waits for the transaction, since what its task produces is not
+//! held.
 //!
 //! Under `at_least_once` the loop goes on routing, applying and producing while (2) and (3)
 //! run on a thread of their own: the engines read through the batch they prepared, and their
@@ -111,6 +115,27 @@ enum Waiting {
     /// to the commit, then sends the changelog records and waits for theirs
     /// (`complete_acks`); then the consumer's offsets are committed with `mode`.
     Acks { sending: std::thread::JoinHandle<Result<(), RuntimeError>>, offsets: TopicPartitionList, mode: CommitMode },
+}
+
+/// Output made while an `exactly_once` commit's transaction completes, for the next
+/// transaction (see [`Processor::release_output`]). The receipts wait in `Processor::outbox`.
+#[derive(Default)]
+struct HeldOutput {
+    /// Records for the repartition topic, by task, in routing order.
+    routed: Vec<(i32, Vec<Bound>)>,
+    dead_letters: Vec<DeadLetter>,
+    /// How many records `routed` holds.
+    routed_records: usize,
+}
+
+/// An input record that did not decode, on its way to the dead-letter topic.
+struct DeadLetter {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    raw: Box<Raw>,
+    error: DecodeError,
 }
 
 /// An input record, decoded, on its way to its task.
@@ -240,6 +265,11 @@ impl DeliveryContext {
 /// released records alone), and the first commit, seconds later, wrote all of its changes in
 /// one batch.
 const ROUND_RECORDS: usize = 50_000;
+
+/// At most this much output (receipts, repartition records, dead letters) is held while an
+/// `exactly_once` commit's transaction completes; past it, input waits in the router until
+/// the transaction is done.
+const MAX_HELD_OUTPUT: usize = 100_000;
 
 /// How long a transactional call may block before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -406,6 +436,10 @@ pub struct Processor {
     /// The receipts the records applied since the last [`Processor::emit`] completed, with
     /// each one's last read's timestamp; kept, emptied, from one batch to the next.
     outbox: Vec<Completed>,
+    /// Whether output is held for the next transaction (`held`, `outbox`): set while records
+    /// are routed during an `exactly_once` commit's transaction, cleared when it settles.
+    holding: bool,
+    held: HeldOutput,
     /// `allread_receipts_emitted_total`, `allread_message_to_receipt_seconds` and
     /// `allread_last_read_to_receipt_seconds`, counted here and added to the metrics once per
     /// batch of receipts, as the input counts are.
@@ -485,6 +519,8 @@ impl Processor {
                 metrics.input_bytes.with_label_values(&["read"]).local(),
             ),
             outbox: Vec::new(),
+            holding: false,
+            held: HeldOutput::default(),
             receipt_metrics: (
                 metrics.receipts.local(),
                 metrics.message_to_receipt.local(),
@@ -604,12 +640,15 @@ impl Processor {
             }
         }
         self.more_ready = false;
-        // While a commit's transaction completes, input waits in the router (module doc).
+        // While a commit's transaction completes, input is routed and applied, and what that
+        // produces is held for the next transaction (module doc); past a bound, input waits
+        // in the router. A repartition record waits for the transaction.
         if repartitioned.is_empty() && self.committing() {
-            return Ok(());
-        }
-        // A commit waiting for acknowledgements does not stop the tasks (module doc).
-        if self.transaction_in_flight() {
+            if self.held_output() >= MAX_HELD_OUTPUT {
+                return Ok(());
+            }
+            self.holding = true;
+        } else if self.transaction_in_flight() {
             self.settle_commit(consumer)?;
         } else {
             self.settle_if_done(consumer)?;
@@ -671,6 +710,11 @@ impl Processor {
                 };
                 match decoded {
                     Ok(event) => Some(event),
+                    Err(error) if self.holding => {
+                        let topic = topic.clone();
+                        self.held.dead_letters.push(DeadLetter { topic, partition, offset, timestamp, raw, error });
+                        None
+                    }
                     Err(e) => {
                         self.dead_letter(&topic, partition, offset, timestamp, &raw, &e)?;
                         None
@@ -692,6 +736,10 @@ impl Processor {
                     let staged = &mut self.staged[task as usize];
                     staged.extend(held);
                     staged.push(record);
+                }
+                Route::Send(records) if self.holding => {
+                    self.held.routed_records += records.len();
+                    self.held.routed.push((task, records));
                 }
                 Route::Send(records) => self.send_routed(task, records)?,
                 Route::Held => {}
@@ -853,13 +901,47 @@ impl Processor {
         self.more_ready
     }
 
+    /// How much output is held for the next transaction.
+    fn held_output(&self) -> usize {
+        self.outbox.len() + self.held.routed_records + self.held.dead_letters.len()
+    }
+
+    /// Sends the output held while a transaction completed (see `holding`), into the
+    /// transaction that followed it: repartition records and dead letters in the order they
+    /// were routed, then the receipts. A task's repartition records go before any its lane
+    /// held back since (sent when lanes close), as they were routed before them.
+    fn release_output(&mut self) -> Result<(), RuntimeError> {
+        if !std::mem::take(&mut self.holding) {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        let count = held.routed_records + held.dead_letters.len() + self.outbox.len();
+        self.metrics.held_output.inc_by(count as u64);
+        for (task, records) in held.routed {
+            self.send_routed(task, records)?;
+        }
+        for d in held.dead_letters {
+            self.dead_letter(&d.topic, d.partition, d.offset, d.timestamp, &d.raw, &d.error)?;
+        }
+        self.emit(now_ms())
+    }
+
+    /// Drops the output held for the next transaction (a rewind: it is made again).
+    fn drop_held_output(&mut self) {
+        self.holding = false;
+        self.held = HeldOutput::default();
+        self.outbox.clear();
+    }
+
     /// Produces the receipts that the records applied since the last call completed
     /// (`outbox`). A task's batch sends its receipts once it is applied: some tens of
     /// milliseconds after the first of them under a backlog (a routing round is at most
     /// [`ROUND_RECORDS`]), well under one under a live load.
     fn emit(&mut self, now: Millis) -> Result<(), RuntimeError> {
-        if self.outbox.is_empty() {
-            return Ok(()); // most batches of a few events complete nothing: no topic handle
+        if self.outbox.is_empty() || self.holding {
+            // Most batches of a few events complete nothing: no topic handle. Held receipts
+            // wait for the next transaction.
+            return Ok(());
         }
         let outbox = std::mem::take(&mut self.outbox);
         let sent = self.send_receipts(&outbox, now);
@@ -1087,7 +1169,8 @@ impl Processor {
             Ok(()) => self.committed(c.started),
             Err(_) => self.metrics.commit_failures.inc(),
         }
-        result
+        // The next transaction has begun: what was held for it goes in.
+        result.and_then(|()| self.release_output())
     }
 
     /// [`Processor::settle_commit`] if the commit in flight has what it waits for, without
@@ -1249,6 +1332,9 @@ impl Processor {
     /// Streams revives its tasks. Under `exactly_once` nothing produced since that commit is
     /// ever visible; under `at_least_once` what was produced stays.
     pub fn rewind(&mut self, consumer: &Consumer_, reason: &RuntimeError) {
+        // What was held for the next transaction is made again from the input (below); not
+        // sent when the commit in flight settles.
+        self.drop_held_output();
         // A commit in flight ends first, either way (its tasks are rebuilt below if it failed).
         if let Err(e) = self.settle_commit(consumer) {
             warn!(error = %e, "the commit in flight failed as well");
