@@ -325,7 +325,8 @@ fn process_until(
     let mut batch = Vec::with_capacity(max_records.min(100_000));
     // The last routing round left records ready to go: poll without waiting.
     let mut more_ready = false;
-    // A commit's transaction is being completed: poll briefly, to route soon after it is.
+    // A commit's transaction is being completed: poll briefly, to settle it (and send the
+    // output held meanwhile) soon after it is.
     let mut committing = false;
     let mut cpu = ThreadCpu::start();
     while !shutdown.load(Ordering::Relaxed) {

@@ -17,8 +17,8 @@
 //! Unlike Java's consumer, librdkafka drops a paused partition's prefetched records and
 //! fetches them again after the resume: a bound the benchmark's backlog reaches costs 10-30%
 //! of its throughput (BENCHMARKS.md, 7 December, a twenty-third session), so the default is
-//! well above what a backlog piles up here (1.3 million records in all under
-//! `at_least_once`, 2.6 million while `exactly_once` transactions completed) and bounds stalls.
+//! well above what a backlog piles up here (1.1-1.3 million records in all, at most about
+//! 165,000 in one partition) and bounds stalls.
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
