@@ -28,8 +28,8 @@
 //! be produced meanwhile: the transaction is being committed and the next one has not begun.
 //! The loop goes on polling, routing and applying input all the same (the engines read
 //! through the batch they prepared, and their new changes go to the next commit), and holds
-//! what that produces (receipts, repartition records, dead letters; at most
-//! [`MAX_HELD_OUTPUT`], then input waits in the router) until the commit settles, when it
+//! what that produces (receipts, repartition records, dead letters; past
+//! [`MAX_HELD_OUTPUT`], input waits in the router) until the commit settles, when it
 //! goes into the next transaction ([`Processor::release_output`]), with the state changes
 //! and input offsets it came from. A rewind drops it: the input is read and applied again.
 //! Only a repartition record waits for the transaction, since what its task produces is not
@@ -266,9 +266,10 @@ impl DeliveryContext {
 /// one batch.
 const ROUND_RECORDS: usize = 50_000;
 
-/// At most this much output (receipts, repartition records, dead letters) is held while an
-/// `exactly_once` commit's transaction completes; past it, input waits in the router until
-/// the transaction is done.
+/// Output (receipts, repartition records, dead letters) held while an `exactly_once` commit's
+/// transaction completes: once this much is held, no routing round begins (input waits in
+/// the router) until the transaction is done. A round may add more than one record of output
+/// per record routed (a read can complete several messages).
 const MAX_HELD_OUTPUT: usize = 100_000;
 
 /// How long a transactional call may block before it counts as failed.
@@ -649,8 +650,10 @@ impl Processor {
             }
             self.holding = true;
         } else if self.transaction_in_flight() {
+            // Done, or waited for by a repartition record.
             self.settle_commit(consumer)?;
         } else {
+            // A commit waiting for acknowledgements does not stop the tasks (module doc).
             self.settle_if_done(consumer)?;
         }
         let now = now_ms();
