@@ -484,7 +484,18 @@ pub fn decode_input(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<Event, DecodeError> {
-    if topic == read_topic {
+    decode_input_of(topic == read_topic, topic, room_prefix, bytes, limits)
+}
+
+/// [`decode_input`] for a caller that knows already whether `topic` is the read topic.
+pub fn decode_input_of(
+    read: bool,
+    topic: &str,
+    room_prefix: &str,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Event, DecodeError> {
+    if read {
         decode_read_event(bytes, limits)
     } else {
         decode_room_event(bytes, topic.strip_prefix(room_prefix), limits)

@@ -5,6 +5,6 @@ pub mod input;
 pub mod output;
 mod time;
 
-pub use input::{decode_input, decode_read_event, decode_room_event, DecodeError, DecodeLimits};
+pub use input::{decode_input, decode_input_of, decode_read_event, decode_room_event, DecodeError, DecodeLimits};
 pub use output::encode_receipt;
 pub use time::{format_millis, parse_time_str};

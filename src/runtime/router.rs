@@ -116,13 +116,8 @@ impl InputDecoder {
     /// A polled record's verdict, by its topic and the topic's kind: `None` for one of the
     /// repartition topic, which its task decodes.
     fn polled(&self, topic: &str, kind: TopicKind, payload: &[u8]) -> Option<Result<Event, DecodeError>> {
-        match kind {
-            TopicKind::Read => Some(codec::decode_read_event(payload, &self.limits)),
-            TopicKind::Room => {
-                Some(codec::decode_room_event(payload, topic.strip_prefix(self.room_prefix.as_str()), &self.limits))
-            }
-            TopicKind::Repartition => None,
-        }
+        (kind != TopicKind::Repartition)
+            .then(|| codec::decode_input_of(kind == TopicKind::Read, topic, &self.room_prefix, payload, &self.limits))
     }
 }
 
