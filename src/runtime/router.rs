@@ -317,7 +317,6 @@ impl TopicNames {
             }
         };
         self.last = Some(found.clone());
-        self.last_identity = None;
         found
     }
 }
