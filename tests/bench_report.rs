@@ -45,3 +45,40 @@ fn a_repeated_latency_measurement_reports_its_median_run_by_p99_and_any_failure(
     let a = &got["(a) passthrough@0.5"];
     assert_eq!((a["p99"].as_f64(), a["runs"].as_u64()), (Some(61.0), Some(1)), "a single run is itself");
 }
+
+/// What `goals` prints for a run's throughput rows (system -> events/s, peak RSS MB).
+fn goals(rows: &[(&str, f64, f64)]) -> String {
+    let tput: Vec<String> =
+        rows.iter().map(|(label, rate, rss)| format!("('main', {label:?}): dict(rate={rate}, rss={rss})")).collect();
+    let script = format!("{}/scripts/bench-report", env!("CARGO_MANIFEST_DIR"));
+    let code = format!("import runpy; m = runpy.run_path({script:?}); m['goals']({{{}}}, {{}}, [])", tput.join(", "));
+    let out = Command::new("python3").args(["-c", &code]).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_less_memory_runs_are_held_to_the_kafka_streams_goals_and_the_defaults_to_all() {
+    let printed = goals(&[
+        ("(a) passthrough", 1_800_000.0, 300.0),
+        ("(b) allread at_least_once", 1_400_000.0, 500.0),
+        ("(b) allread at_least_once, less memory", 800_000.0, 240.0),
+        ("(d) Kafka Streams at_least_once", 27_000.0, 1_330.0),
+    ]);
+    let said = |what: &str| {
+        printed
+            .lines()
+            .find(|l| l.starts_with(&format!("- {what}:")))
+            .unwrap_or_else(|| panic!("no {what:?} in {printed}"))
+    };
+    assert!(said("(b) allread at_least_once >= 75% of the passthrough").ends_with("78% -> met"), "{printed}");
+    assert!(
+        said("(b) allread at_least_once peak RSS <= 1/4 of Kafka Streams'").ends_with("0.38x -> NOT met"),
+        "{printed}"
+    );
+    let lean = "(b) allread at_least_once, less memory";
+    assert!(said(&format!("{lean} >= 2x Kafka Streams' throughput")).ends_with("29.63x -> met"), "{printed}");
+    assert!(said(&format!("{lean} peak RSS <= 1/4 of Kafka Streams'")).ends_with("0.18x -> met"), "{printed}");
+    assert!(!printed.contains(&format!("{lean} >= 75%")), "the passthrough goal is the defaults': {printed}");
+    assert!(!printed.contains("exactly_once"), "no exactly_once runs, no exactly_once goals: {printed}");
+}
