@@ -36,3 +36,27 @@ fn readme_shows_the_current_topology() {
     let describe = allread::topology::build(&Config::default()).describe();
     assert!(readme.contains(&describe), "README's `allread topology describe` output is stale; paste:\n{describe}");
 }
+
+/// The settings of README's "Running in less memory" are a valid configuration, and the ones
+/// `scripts/bench` runs its less-memory rows with, environment included.
+#[test]
+fn readme_less_memory_settings_are_the_benchmarks() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme.split("### Running in less memory").nth(1).expect("README has the section");
+    let section = section.split("\n### ").next().unwrap();
+    let block = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+    let documented =
+        Config::from_toml(block).unwrap_or_else(|e| panic!("README's less-memory settings do not parse: {e}"));
+    assert_ne!(documented, Config::default(), "they change something");
+    let bench = std::fs::read_to_string(format!("{root}/scripts/bench")).unwrap();
+    let lean = bench
+        .split("LEAN_SETTINGS='")
+        .nth(1)
+        .and_then(|b| b.split('\'').next())
+        .expect("LEAN_SETTINGS in scripts/bench");
+    let benched = Config::from_toml(&format!("[processing]\n{lean}")).unwrap();
+    assert_eq!(documented, benched, "README's less-memory settings and scripts/bench's LEAN_SETTINGS differ");
+    let env = bench.split("LEAN_ENV=(").nth(1).and_then(|b| b.split(')').next()).expect("LEAN_ENV in scripts/bench");
+    assert!(section.contains(&format!("`{env}`")), "README gives the environment scripts/bench sets: {env}");
+}
