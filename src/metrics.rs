@@ -24,6 +24,8 @@ pub struct Metrics {
     pub shortcut: IntCounter,
     /// Output made while an `exactly_once` transaction completed, sent into the next one.
     pub held_output: IntCounter,
+    /// Held output dropped by a rewind (the input it came from is read and applied again).
+    pub held_output_dropped: IntCounter,
     /// Repartition records that could not be read (only allread writes that topic).
     pub corrupt_repartition_records: IntCounter,
     pub receipts: IntCounter,
@@ -148,6 +150,11 @@ impl Metrics {
                 &r,
                 "allread_held_output_records_total",
                 "Records (receipts, repartition records, dead letters) produced while an exactly_once transaction completed, held and sent into the next one.",
+            ),
+            held_output_dropped: counter(
+                &r,
+                "allread_held_output_dropped_records_total",
+                "Held records dropped because the transaction they waited for failed: the input they came from is read and applied again.",
             ),
             corrupt_repartition_records: counter(
                 &r,

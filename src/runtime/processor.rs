@@ -929,9 +929,12 @@ impl Processor {
         self.emit(now_ms())
     }
 
-    /// Drops the output held for the next transaction (a rewind: it is made again).
+    /// Drops the output held for the next transaction (a rewind: it is made again), and
+    /// receipts a failed batch left unsent.
     fn drop_held_output(&mut self) {
-        self.holding = false;
+        if std::mem::take(&mut self.holding) {
+            self.metrics.held_output_dropped.inc_by(self.held_output() as u64);
+        }
         self.held = HeldOutput::default();
         self.outbox.clear();
     }
