@@ -341,6 +341,9 @@ mod mimalloc_options {
 
 fn main() -> anyhow::Result<()> {
     keep_freed_memory();
+    // Failure injection for tests (the `failpoints` feature): FAILPOINTS configures them.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { settings } => {

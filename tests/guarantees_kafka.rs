@@ -412,3 +412,50 @@ fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
     let log = allread.log_text();
     assert!(in_flight(&log) >= 1, "after {fences} fences, none failed a transaction in flight; log: {log}");
 }
+
+/// Under `exactly_once` the loop goes on applying input while a transaction completes, and
+/// holds what that produces for the next transaction (`runtime::processor`). When the
+/// transaction fails instead, the rewind drops what was held: the input it came from is read
+/// and applied again, and makes it again. Were it kept, it would go into a later transaction
+/// beside what was made again: receipts twice. A chat streams in while three transactions
+/// take 800 ms each and then fail (failure injection: the `failpoints` feature, which
+/// `scripts/test` builds with); every receipt must be there exactly once.
+#[cfg(feature = "failpoints")]
+#[test]
+fn output_held_for_a_transaction_that_fails_is_dropped_and_made_again_exactly_once() {
+    let s = Setup::new("dropheld");
+    let w = Workload::new(16, 4_000, 31);
+    assert!(w.events() > 12_000, "a dense chat: {}", w.events());
+    w.produce_joins(&s, &Chat::new(&s.bootstrap));
+    // A transaction a second: the next commit, which waits for the one before, begins a
+    // second after it, so the loop applies input for all of a slow transaction's 800 ms.
+    let extra = format!("commit_interval_ms = 1000\n{}", settings("exactly_once", None));
+    let config = s.instance_config("", s.http_port, false, &extra);
+    // The 5th, 10th and 15th transactions to complete (of about 20 while the chat streams in
+    // bursts every 300 ms or so) take 800 ms, then fail.
+    let every_5th = "4*off->1*{t}->4*off->1*{t}->4*off->1*{t}->off";
+    let failpoints = format!(
+        "transaction-slow={};transaction-fails={}",
+        every_5th.replace("{t}", "sleep(800)"),
+        every_5th.replace("{t}", "return")
+    );
+    let allread =
+        Allread::start_with_env(&config, &s.dir.path().join("allread.log"), &[("FAILPOINTS", failpoints.as_str())]);
+    w.await_members(&[s.http_port], WAIT);
+    stream(&s, &w, 20, &AtomicBool::new(false));
+    let got = read_receipts(&s, &w.expected);
+    let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
+    let counter = |series: &str| metric(&text, series).unwrap_or(0.0);
+    let failed = counter(r#"allread_transactions_total{outcome="aborted"}"#);
+    assert_eq!(failed, 3.0, "three injected failures; log: {}", allread.log_text());
+    let dropped = counter("allread_held_output_dropped_records_total");
+    assert!(dropped > 0.0, "the failed transactions had output held for them; log: {}", allread.log_text());
+    assert_same(&receipt_set(&got).0, &w.expected, &|| allread.log_text());
+    let twice = duplicates(&got);
+    assert!(
+        twice.is_empty(),
+        "{} receipts emitted more than once ({dropped} held records dropped), e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+}

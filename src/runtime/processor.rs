@@ -307,6 +307,16 @@ fn complete_transaction(
     producer: &Producer_,
     offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
 ) -> Result<(), RuntimeError> {
+    // Tests only (the `failpoints` feature): a transaction that takes long, then fails, as one
+    // the broker aborts does; the loop meanwhile goes on applying input.
+    #[cfg(feature = "failpoints")]
+    {
+        fail::fail_point!("transaction-slow");
+        fail::fail_point!("transaction-fails", |_| Err(RuntimeError::Transaction {
+            step: "commit (failpoint)",
+            source: KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::Fail),
+        }));
+    }
     if let Some((tpl, group)) = offsets {
         producer
             .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)

@@ -162,11 +162,17 @@ pub struct Allread {
 
 impl Allread {
     pub fn start(config: &Path, log: &Path) -> Allread {
+        Allread::start_with_env(config, log, &[])
+    }
+
+    /// [`Allread::start`] with these environment variables set too.
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Allread {
         let file = std::fs::File::create(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_allread"))
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
