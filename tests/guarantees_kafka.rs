@@ -56,6 +56,17 @@ fn assert_same(got: &BTreeSet<Receipt>, expected: &BTreeSet<Receipt>, logs: &dyn
     );
 }
 
+/// No receipt in `got` more than once; `context` follows the count in the message.
+fn assert_once(got: &[Record], context: &str) {
+    let twice = duplicates(got);
+    assert!(
+        twice.is_empty(),
+        "{} receipts emitted more than once{context}, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+}
+
 fn logs_of(dir: &std::path::Path) -> String {
     let mut out = String::new();
     let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
@@ -124,13 +135,7 @@ fn kill_storm(name: &str, guarantee: &str, seed: u64) -> (Workload, Vec<Record>,
 #[test]
 fn exactly_once_kill_9_six_times_mid_stream_gives_every_receipt_exactly_once() {
     let (w, got, metrics) = kill_storm("eos_kill", "exactly_once", 21);
-    let twice = duplicates(&got);
-    assert!(
-        twice.is_empty(),
-        "{} receipts emitted more than once, e.g. {:?}",
-        twice.len(),
-        &twice[..twice.len().min(5)]
-    );
+    assert_once(&got, "");
     assert_eq!(got.len(), w.expected.len());
     let committed = metric(&metrics, r#"allread_transactions_total{outcome="committed"}"#).unwrap_or(0.0);
     assert!(committed > 0.0, "the last instance committed transactions: {committed}");
@@ -321,13 +326,7 @@ fn two_then_three_instances_one_stopped_one_killed_give_exactly_the_expected_rec
         got
     });
     assert_same(&receipt_set(&got).0, &w.expected, &|| logs_of(s.dir.path()));
-    let twice = duplicates(&got);
-    assert!(
-        twice.is_empty(),
-        "{} receipts emitted more than once, e.g. {:?}",
-        twice.len(),
-        &twice[..twice.len().min(5)]
-    );
+    assert_once(&got, "");
 }
 
 #[test]
@@ -399,13 +398,7 @@ fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
     });
     let got = read_receipts(&s, &w.expected);
     assert_same(&receipt_set(&got).0, &w.expected, &|| allread.log_text());
-    let twice = duplicates(&got);
-    assert!(
-        twice.is_empty(),
-        "{} receipts emitted more than once, e.g. {:?}",
-        twice.len(),
-        &twice[..twice.len().min(5)]
-    );
+    assert_once(&got, "");
     let (_, metrics) = common::http_get(s.http_port, "/metrics").expect("still running after being fenced");
     let replaced = metric(&metrics, "allread_producer_recreations_total").unwrap();
     assert!(replaced >= 1.0, "the fenced producer was replaced: {replaced}; log: {}", allread.log_text());
@@ -451,11 +444,5 @@ fn output_held_for_a_transaction_that_fails_is_dropped_and_made_again_exactly_on
     let dropped = counter("allread_held_output_dropped_records_total");
     assert!(dropped > 0.0, "the failed transactions had output held for them; log: {}", allread.log_text());
     assert_same(&receipt_set(&got).0, &w.expected, &|| allread.log_text());
-    let twice = duplicates(&got);
-    assert!(
-        twice.is_empty(),
-        "{} receipts emitted more than once ({dropped} held records dropped), e.g. {:?}",
-        twice.len(),
-        &twice[..twice.len().min(5)]
-    );
+    assert_once(&got, &format!(" ({dropped} held records dropped)"));
 }
