@@ -440,7 +440,7 @@ fn output_held_for_a_transaction_that_fails_is_dropped_and_made_again_exactly_on
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
     let counter = |series: &str| metric(&text, series).unwrap_or(0.0);
     let failed = counter(r#"allread_transactions_total{outcome="aborted"}"#);
-    assert_eq!(failed, 3.0, "three injected failures; log: {}", allread.log_text());
+    assert!(failed >= 3.0, "three injected failures, and any other: {failed}; log: {}", allread.log_text());
     let dropped = counter("allread_held_output_dropped_records_total");
     assert!(dropped > 0.0, "the failed transactions had output held for them; log: {}", allread.log_text());
     assert_same(&receipt_set(&got).0, &w.expected, &|| allread.log_text());
