@@ -1,6 +1,7 @@
-//! Decoding input records, as allread's processing thread does for every record it polls.
-//! Prints nanoseconds per record (the best of five passes), each record once (cold) and a
-//! thousand records over and over (warm); asserts nothing about speed.
+//! Decoding input records, as allread's processing thread does for every record it polls, and
+//! encoding the `receipt_complete` records it produces. Prints nanoseconds per record (the
+//! best of five passes), each record once (cold) and a thousand records over and over (warm);
+//! asserts nothing about speed.
 //!
 //!     cargo bench --bench decode
 //!     cargo bench --bench decode -- 2000000     # records per case (default 1,000,000)
@@ -12,7 +13,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use allread::codec::{decode_input, format_millis, DecodeLimits};
+use allread::codec::{decode_input, encode_receipt, format_millis, DecodeLimits};
+use allread::receipts::{Id, ReceiptComplete};
 use serde_json::json;
 
 #[global_allocator]
@@ -88,4 +90,31 @@ fn main() {
         let warm = decode_all(&records[..1000.min(n)], n / 1000.min(n));
         println!("  {name:<13} cold {cold:6.1}, warm {warm:6.1} ns/record ({} bytes each)", records[0].len());
     }
+    encode(n);
+}
+
+/// Encoding receipts shaped as the benchmark chat's: the best of five passes over `n`.
+fn encode(n: usize) {
+    let receipts: Vec<ReceiptComplete> = (0..n)
+        .map(|i| ReceiptComplete {
+            room_id: Id::from(format!("r{}", i % 1000).as_str()),
+            message_id: Id::from(format!("m{}_{}", i % 1000, i / 1000).as_str()),
+            sender_id: Id::from(format!("u{}_{}", i % 1000, i % 10).as_str()),
+            seq: (i / 1000 + 1) as u64,
+            sent_at: EPOCH + i as i64,
+            completed_at: EPOCH + i as i64 + 250,
+            required_readers: 9,
+        })
+        .collect();
+    let best = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for r in &receipts {
+                black_box(encode_receipt(black_box(r)));
+            }
+            started.elapsed().as_nanos() as f64 / n as f64
+        })
+        .fold(f64::INFINITY, f64::min);
+    println!("encode: {n} receipts");
+    println!("  receipt       {best:6.1} ns/record ({} bytes each)", encode_receipt(&receipts[0]).len());
 }
