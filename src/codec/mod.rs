@@ -6,5 +6,5 @@ pub mod output;
 mod time;
 
 pub use input::{decode_input, decode_input_of, decode_read_event, decode_room_event, DecodeError, DecodeLimits};
-pub use output::encode_receipt;
+pub use output::{encode_receipt, encode_receipt_into};
 pub use time::{format_millis, parse_time_str};

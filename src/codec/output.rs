@@ -12,24 +12,32 @@ use crate::receipts::{Millis, ReceiptComplete};
 
 /// The record's value; its key is the room id.
 pub fn encode_receipt(r: &ReceiptComplete) -> Vec<u8> {
-    let ids = r.room_id.len() + r.message_id.len() + r.sender_id.len();
-    let mut out = Vec::with_capacity(ids + 160);
-    out.extend_from_slice(b"{\"room_id\":");
-    json_string(&mut out, &r.room_id);
-    out.extend_from_slice(b",\"message_id\":");
-    json_string(&mut out, &r.message_id);
-    out.extend_from_slice(b",\"sender_id\":");
-    json_string(&mut out, &r.sender_id);
-    out.extend_from_slice(b",\"seq\":");
-    digits(&mut out, r.seq, 1);
-    out.extend_from_slice(b",\"sent_at\":");
-    json_time(&mut out, r.sent_at);
-    out.extend_from_slice(b",\"completed_at\":");
-    json_time(&mut out, r.completed_at);
-    out.extend_from_slice(b",\"required_readers\":");
-    digits(&mut out, u64::from(r.required_readers), 1);
-    out.push(b'}');
+    let mut out = Vec::new();
+    encode_receipt_into(&mut out, r);
     out
+}
+
+/// [`encode_receipt`] into `out`, which it clears first: a producer that copies each value
+/// reuses one buffer for all its receipts, without an allocation each.
+pub fn encode_receipt_into(out: &mut Vec<u8>, r: &ReceiptComplete) {
+    out.clear();
+    let ids = r.room_id.len() + r.message_id.len() + r.sender_id.len();
+    out.reserve(ids + 160);
+    out.extend_from_slice(b"{\"room_id\":");
+    json_string(out, &r.room_id);
+    out.extend_from_slice(b",\"message_id\":");
+    json_string(out, &r.message_id);
+    out.extend_from_slice(b",\"sender_id\":");
+    json_string(out, &r.sender_id);
+    out.extend_from_slice(b",\"seq\":");
+    digits(out, r.seq, 1);
+    out.extend_from_slice(b",\"sent_at\":");
+    json_time(out, r.sent_at);
+    out.extend_from_slice(b",\"completed_at\":");
+    json_time(out, r.completed_at);
+    out.extend_from_slice(b",\"required_readers\":");
+    digits(out, u64::from(r.required_readers), 1);
+    out.push(b'}');
 }
 
 /// `v` in decimal, zero-padded to `width` digits (at most 20). `core::fmt` with padding was
@@ -192,6 +200,16 @@ mod tests {
             let r = receipt(["r", "m", "s"], 1, ms, ms, 1);
             assert_eq!(String::from_utf8(encode_receipt(&r)), String::from_utf8(by_serde(&r)), "at {ms}");
         }
+    }
+
+    #[test]
+    fn receipts_encoded_into_one_buffer_are_each_as_encoded_alone() {
+        let (a, b) = (receipt(["a-long-room", "m1", "alice"], 7, 0, 1, 2), receipt(["r", "m2", "bob"], 8, 3, 4, 1));
+        let mut buffer = Vec::new();
+        encode_receipt_into(&mut buffer, &a);
+        assert_eq!(buffer, encode_receipt(&a));
+        encode_receipt_into(&mut buffer, &b);
+        assert_eq!(buffer, encode_receipt(&b), "the buffer holds the second receipt alone");
     }
 
     proptest! {

@@ -76,7 +76,7 @@ use super::router::{Backlog, Body, FetchChanges, InputBuffer, InputDecoder, Poll
 use super::shortcut::{Acks, Route, Shortcut};
 use super::task::{changelog_records, ChangelogRecord, Completed, Task, TaskError};
 use super::RuntimeError;
-use crate::codec::{encode_receipt, DecodeError};
+use crate::codec::{encode_receipt_into, DecodeError};
 use crate::config::Config;
 use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
@@ -976,8 +976,10 @@ impl Processor {
         context.add_outstanding(self.epoch, count as i64);
         let (emitted, message_to_receipt, last_read_to_receipt) = &self.receipt_metrics;
         let mut sent = Ok(());
+        // One buffer for every receipt's value: librdkafka copies it.
+        let mut value = Vec::new();
         for (i, (last_read, r)) in receipts.iter().enumerate() {
-            let value = encode_receipt(r);
+            encode_receipt_into(&mut value, r);
             if let Err(e) = crate::kafka::send_with_opaque(&output, r.room_id.as_bytes(), &value, self.epoch as usize) {
                 // This receipt and the ones after it were not sent.
                 context.add_outstanding(self.epoch, -((count - i) as i64));
