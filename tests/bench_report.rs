@@ -1,8 +1,17 @@
 //! `scripts/bench-report` picks each latency measurement's median run when `scripts/bench`
-//! repeats it (`BENCH_LATENCY_REPEAT`), and shows a failed run. Its functions are run directly
-//! on a results file written here (no broker, no plot).
+//! repeats it (`BENCH_LATENCY_REPEAT`), and shows a failed run; it holds each run to its goals.
+//! Its functions are run directly on results made here (no broker, no plot).
 
 use std::process::Command;
+
+/// What Python `code` prints with the report's functions in `m` (the script run as a module).
+fn with_report(code: &str) -> Vec<u8> {
+    let script = format!("{}/scripts/bench-report", env!("CARGO_MANIFEST_DIR"));
+    let code = format!("import json, runpy; m = runpy.run_path({script:?}); {code}");
+    let out = Command::new("python3").args(["-c", &code]).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
 
 /// `load_latency` of a results file with these latency rows, as JSON: (system, load) -> the
 /// chosen run's p50, p99 and status, and how many runs it was chosen from.
@@ -11,16 +20,13 @@ fn chosen(rows: &[&str]) -> serde_json::Value {
     std::fs::create_dir_all(&dir).unwrap();
     let lines: Vec<String> = rows.iter().map(|r| format!("latency\t{}\n", r.replace('|', "\t"))).collect();
     std::fs::write(dir.join("results.tsv"), lines.concat()).unwrap();
-    let script = format!("{}/scripts/bench-report", env!("CARGO_MANIFEST_DIR"));
-    let code = format!(
-        "import json, runpy; m = runpy.run_path({script:?}); l = m['load_latency']({dir:?}); \
+    let out = with_report(&format!(
+        "l = m['load_latency']({dir:?}); \
          print(json.dumps({{f'{{k[0]}}@{{k[1]}}': dict(p50=v['p50'], p99=v['p99'], status=v['status'], runs=len(v['runs'])) for k, v in l.items()}}))",
         dir = dir.display().to_string()
-    );
-    let out = Command::new("python3").args(["-c", &code]).output().expect("python3 runs");
+    ));
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    serde_json::from_slice(&out).expect("JSON")
 }
 
 #[test]
@@ -50,11 +56,7 @@ fn a_repeated_latency_measurement_reports_its_median_run_by_p99_and_any_failure(
 fn goals(rows: &[(&str, f64, f64)]) -> String {
     let tput: Vec<String> =
         rows.iter().map(|(label, rate, rss)| format!("('main', {label:?}): dict(rate={rate}, rss={rss})")).collect();
-    let script = format!("{}/scripts/bench-report", env!("CARGO_MANIFEST_DIR"));
-    let code = format!("import runpy; m = runpy.run_path({script:?}); m['goals']({{{}}}, {{}}, [])", tput.join(", "));
-    let out = Command::new("python3").args(["-c", &code]).output().expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(with_report(&format!("m['goals']({{{}}}, {{}}, [])", tput.join(", ")))).unwrap()
 }
 
 #[test]

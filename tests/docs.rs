@@ -2,11 +2,16 @@
 
 use allread::config::Config;
 
+/// The first TOML block of a README section.
+fn toml_block(section: &str) -> &str {
+    section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block")
+}
+
 #[test]
 fn readme_configuration_reference_matches_the_defaults() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = readme.split("### Configuration").nth(1).expect("README has a Configuration section");
-    let block = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+    let block = toml_block(section);
     let documented = Config::from_toml(block).unwrap_or_else(|e| panic!("README's configuration does not parse: {e}"));
     assert_eq!(documented, Config::default(), "README's configuration reference drifted from the code's defaults");
     // Every setting is listed (a commented-out line for those without a default value).
@@ -45,7 +50,7 @@ fn readme_less_memory_settings_are_the_benchmarks() {
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     let section = readme.split("### Running in less memory").nth(1).expect("README has the section");
     let section = section.split("\n### ").next().unwrap();
-    let block = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+    let block = toml_block(section);
     let documented =
         Config::from_toml(block).unwrap_or_else(|e| panic!("README's less-memory settings do not parse: {e}"));
     assert_ne!(documented, Config::default(), "they change something");
