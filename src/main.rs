@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use allread::codec::{encode_receipt, DecodeLimits};
+use allread::codec::{encode_receipt_into, DecodeLimits};
 use allread::config::Config;
 use allread::demo::{run_demo, DemoOptions};
 use allread::kafka::{base_client_config, with_producer_passthrough};
@@ -499,9 +499,10 @@ fn run_replay<S: allread::store::KvStore>(
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut failed = None;
+    let mut line = Vec::new();
     let summary = replay(&mut engine, reader, topics, &DecodeLimits::default(), 10_000, |r| {
         if failed.is_none() {
-            let mut line = encode_receipt(r);
+            encode_receipt_into(&mut line, r);
             line.push(b'\n');
             failed = out.write_all(&line).err();
         }
