@@ -46,6 +46,7 @@ pub struct Metrics {
     /// Per task: pending messages, cached rooms and entries, consumer lag.
     pub pending_messages: IntGaugeVec,
     pub cached_rooms: IntGaugeVec,
+    pub cached_entries: IntGaugeVec,
     pub cached_members: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     /// RocksDB figures per task: `rocksdb.estimate-num-keys`, `rocksdb.live-sst-files-size`,
@@ -211,6 +212,12 @@ impl Metrics {
                 "task",
             ),
             cached_rooms: gauge_vec(&r, "allread_cached_rooms", "Rooms held in memory, per task.", "task"),
+            cached_entries: gauge_vec(
+                &r,
+                "allread_cached_entries",
+                "State entries of the rooms held in memory, per task (the unit of engine.cache_entries, which the tasks share).",
+                "task",
+            ),
             cached_members: gauge_vec(
                 &r,
                 "allread_cached_members",

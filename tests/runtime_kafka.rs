@@ -328,6 +328,51 @@ fn a_backlog_routed_under_a_small_bound_per_partition_gives_exactly_the_expected
     assert!(peak > 0.0 && peak <= 220.0, "the most one partition held: {peak}");
 }
 
+#[test]
+fn the_engine_cache_is_one_budget_shared_by_the_instance_tasks() {
+    // 1,200 state entries for the instance: each of its 4 tasks keeps 300, and evicts down to
+    // 270 after a commit. The chat's rooms end with about 2,500 (432-819 a task), so rooms are
+    // evicted and loaded again from RocksDB all through the backlog, and every receipt must
+    // still come. A task that took the whole budget would evict nothing.
+    const BUDGET: usize = 1_200;
+    let s = Setup::new("cache");
+    let w = Workload::new(24, 2_000, 5);
+    let chat = Chat::new(&s.bootstrap);
+    w.produce_joins(&s, &chat);
+    w.produce_all(&s, &chat);
+    let allread = common::Allread::start(
+        &s.config(&format!("\n[engine]\ncache_entries = {BUDGET}\n")),
+        &s.dir.path().join("allread.log"),
+    );
+    expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
+    // The gauges as a tick after the last commit set them: that commit exported the last
+    // receipt's outcome, and evicted.
+    let scrape = || common::http_get(s.http_port, "/metrics").map(|(_, text)| text).unwrap_or_default();
+    let ticks = |text: &str| common::metric(text, "allread_processing_thread_cpu_seconds_total").unwrap_or(0.0);
+    let emitted = w.expected.len() as f64;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut exported_at: Option<f64> = None;
+    let text = loop {
+        let text = scrape();
+        match exported_at {
+            Some(at) if ticks(&text) > at => break text,
+            None if common::metric(&text, r#"allread_engine_outcomes_total{outcome="receipt_emitted"}"#)
+                == Some(emitted) =>
+            {
+                exported_at = Some(ticks(&text))
+            }
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "no tick after the last commit: {}", allread.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let per_task: Vec<f64> =
+        (0..4).filter_map(|t| common::metric(&text, &format!(r#"allread_cached_entries{{task="{t}"}}"#))).collect();
+    assert_eq!(per_task.len(), 4, "a gauge per task:\n{text}");
+    let held: f64 = per_task.iter().sum();
+    assert!(held > 0.0 && held <= BUDGET as f64, "cached entries per task: {per_task:?}");
+}
+
 /// Reads `out` until every receipt `w` expects is in (and 2 s more): exactly those, each once.
 fn expect_exactly(out: &Reader, w: &Workload, allread: &common::Allread) {
     let mut got = out.read(w.expected.len(), WAIT);

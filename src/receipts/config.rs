@@ -24,9 +24,11 @@ pub struct EngineConfig {
     pub large_room_member_limit: u32,
     /// Do not emit completions of messages with no required reader (rule 7).
     pub suppress_trivial: bool,
-    /// Rooms kept in memory, measured in state entries (members + pending messages + parked
-    /// reads + recently finished messages + 1 per room); the least recently used clean rooms
-    /// are evicted past it.
+    /// Rooms kept in memory by an instance, measured in state entries (members + pending
+    /// messages + parked reads + recently finished messages + 1 per room). Its tasks share it
+    /// evenly (see [`cache_share`]), so the instance's memory for rooms does not grow with the
+    /// partitions it is assigned; past its share a task evicts its least recently used clean
+    /// rooms. An engine on its own (a task, a replay) takes it whole.
     pub cache_entries: usize,
 }
 
@@ -39,7 +41,27 @@ impl Default for EngineConfig {
             completed_marker_ttl_ms: 7 * DAY,
             large_room_member_limit: 10_000,
             suppress_trivial: false,
-            cache_entries: 2_000_000,
+            cache_entries: 1_000_000,
         }
+    }
+}
+
+/// Each task's share of an instance's [`EngineConfig::cache_entries`] when it runs `tasks`
+/// tasks: an even split, at least one entry each.
+pub fn cache_share(cache_entries: usize, tasks: usize) -> usize {
+    (cache_entries / tasks.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_share;
+
+    #[test]
+    fn an_instance_cache_is_split_evenly_among_its_tasks() {
+        assert_eq!(cache_share(1_000_000, 8), 125_000);
+        assert_eq!(cache_share(1_000_000, 3), 333_333, "rounded down: the shares stay within the budget");
+        assert_eq!(cache_share(1_000_000, 1), 1_000_000);
+        assert_eq!(cache_share(1_000_000, 0), 1_000_000, "no task yet: one would take it whole");
+        assert_eq!(cache_share(4, 8), 1, "at least one entry a task");
     }
 }

@@ -233,6 +233,12 @@ impl<S: KvStore> Engine<S> {
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
+
+    /// Sets the cache's budget, in state entries ([`EngineConfig::cache_entries`]). A cache
+    /// past it is evicted down to it after the next commit.
+    pub fn set_cache_entries(&mut self, entries: usize) {
+        self.config.cache_entries = entries;
+    }
     /// The store, which may not hold the last commit yet (see [`Engine::wait_written`]).
     pub fn store(&self) -> &S {
         &self.store

@@ -18,7 +18,7 @@ pub mod persist;
 mod room;
 pub mod view;
 
-pub use config::EngineConfig;
+pub use config::{cache_share, EngineConfig};
 
 pub use engine::{Engine, EngineError};
 pub use event::{Event, Id, Millis, ReadScope, ReceiptComplete};

@@ -82,7 +82,7 @@ use crate::kafka::envelope::{self, Source};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_passthrough};
 use crate::metrics::Metrics;
-use crate::receipts::{Event, Millis, Outcomes};
+use crate::receipts::{cache_share, Event, Millis, Outcomes};
 use crate::store::rocks::RocksOptions;
 use crate::store::WriteBatch;
 
@@ -1501,7 +1501,19 @@ impl Processor {
                 }
             }
         }
+        self.share_cache();
         paused
+    }
+
+    /// Gives each task an even share of the instance's engine cache (`engine.cache_entries`),
+    /// after the tasks assigned to it changed. A task past its new share evicts rooms after
+    /// its next commit.
+    fn share_cache(&mut self) {
+        let share = cache_share(self.cfg.engine.cache_entries, self.tasks.len());
+        for task in self.tasks.values_mut() {
+            task.engine_mut().set_cache_entries(share);
+        }
+        debug!(tasks = self.tasks.len(), entries_per_task = share, "engine cache shared");
     }
 
     /// Partitions revoked: commit what we have, then let them go.
@@ -1532,6 +1544,7 @@ impl Processor {
                 let m = &self.metrics;
                 for g in [
                     &m.cached_rooms,
+                    &m.cached_entries,
                     &m.cached_members,
                     &m.pending_messages,
                     &m.consumer_lag,
@@ -1553,6 +1566,7 @@ impl Processor {
                 self.inputs.revoke(elem.topic(), elem.partition());
             }
         }
+        self.share_cache();
     }
 
     /// One round of restoring: starts restores of tasks that need one, applies what the
@@ -1710,6 +1724,7 @@ impl Processor {
             let label = partition.to_string();
             let f = task.figures();
             m.cached_rooms.with_label_values(&[&label]).set(f.cached_rooms as i64);
+            m.cached_entries.with_label_values(&[&label]).set(f.cached_entries as i64);
             m.cached_members.with_label_values(&[&label]).set(f.cached_members as i64);
             m.pending_messages.with_label_values(&[&label]).set(f.pending as i64);
             m.rocksdb_keys.with_label_values(&[&label]).set(f.rocksdb_keys as i64);

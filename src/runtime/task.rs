@@ -135,6 +135,8 @@ pub struct Task {
 
 pub struct TaskFigures {
     pub cached_rooms: usize,
+    /// State entries of the cached rooms: the unit of the cache's budget.
+    pub cached_entries: usize,
     pub cached_members: usize,
     pub pending: usize,
     pub rocksdb_keys: u64,
@@ -423,10 +425,11 @@ impl Task {
     pub fn figures(&self) -> TaskFigures {
         let store = self.engine.store();
         let prop = |name: &str| store.property_int(name).unwrap_or(0);
-        let (cached_rooms, _) = self.engine.cache_usage();
+        let (cached_rooms, cached_entries) = self.engine.cache_usage();
         let (pending, cached_members) = self.engine.cached_pending_and_members();
         TaskFigures {
             cached_rooms,
+            cached_entries,
             cached_members,
             pending,
             rocksdb_keys: prop("rocksdb.estimate-num-keys"),
