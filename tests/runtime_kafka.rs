@@ -294,13 +294,7 @@ fn a_backlog_routed_under_a_small_bound_per_partition_gives_exactly_the_expected
     // no partition may hold more than the bound and one poll (200 records).
     let s = Setup::new("bound");
     let w = Workload::new(12, 1_000, 11);
-    let chat = Chat::new(&s.bootstrap);
-    w.produce_joins(&s, &chat);
-    w.produce_all(&s, &chat);
-    let allread = common::Allread::start(
-        &s.config("buffered_records_per_partition = 20\nmax_poll_records = 200"),
-        &s.dir.path().join("allread.log"),
-    );
+    let allread = start_on_backlog(&s, &w, "buffered_records_per_partition = 20\nmax_poll_records = 200");
     // The most one partition held, as the gauge gives it for each tick.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let peak = {
@@ -337,13 +331,7 @@ fn the_engine_cache_is_one_budget_shared_by_the_instance_tasks() {
     const BUDGET: usize = 1_200;
     let s = Setup::new("cache");
     let w = Workload::new(24, 2_000, 5);
-    let chat = Chat::new(&s.bootstrap);
-    w.produce_joins(&s, &chat);
-    w.produce_all(&s, &chat);
-    let allread = common::Allread::start(
-        &s.config(&format!("\n[engine]\ncache_entries = {BUDGET}\n")),
-        &s.dir.path().join("allread.log"),
-    );
+    let allread = start_on_backlog(&s, &w, &format!("\n[engine]\ncache_entries = {BUDGET}\n"));
     expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
     // The gauges as a tick after the last commit set them: that commit exported the last
     // receipt's outcome, and evicted.
@@ -371,6 +359,15 @@ fn the_engine_cache_is_one_budget_shared_by_the_instance_tasks() {
     assert_eq!(per_task.len(), 4, "a gauge per task:\n{text}");
     let held: f64 = per_task.iter().sum();
     assert!(held > 0.0 && held <= BUDGET as f64, "cached entries per task: {per_task:?}");
+}
+
+/// Writes all of `w` to the topics, then starts allread with `settings` (under `[processing]`,
+/// see `Setup::config`) on that backlog.
+fn start_on_backlog(s: &Setup, w: &Workload, settings: &str) -> common::Allread {
+    let chat = Chat::new(&s.bootstrap);
+    w.produce_joins(s, &chat);
+    w.produce_all(s, &chat);
+    common::Allread::start(&s.config(settings), &s.dir.path().join("allread.log"))
 }
 
 /// Reads `out` until every receipt `w` expects is in (and 2 s more): exactly those, each once.
