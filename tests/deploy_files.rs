@@ -25,6 +25,7 @@ fn exported_series() -> BTreeSet<String> {
         &metrics.consumer_lag,
         &metrics.pending_messages,
         &metrics.cached_rooms,
+        &metrics.cached_entries,
         &metrics.cached_members,
         &metrics.rocksdb_keys,
         &metrics.rocksdb_sst_bytes,
@@ -137,6 +138,8 @@ fn the_dashboard_uses_only_exported_metrics() {
         "allread_consumer_lag_records",
         "allread_pending_messages",
         "allread_dead_lettered_records_total",
+        "allread_cached_entries",
+        "allread_buffered_input_records",
     ] {
         assert!(used.contains(wanted), "the dashboard does not show {wanted}");
     }
