@@ -28,7 +28,7 @@ pub struct EngineConfig {
     /// messages + parked reads + recently finished messages + 1 per room). Its tasks share it
     /// evenly (see [`cache_share`]), so the instance's memory for rooms does not grow with the
     /// partitions it is assigned; past its share a task evicts its least recently used clean
-    /// rooms. An engine on its own (a task, a replay) takes it whole.
+    /// rooms. An engine run on its own (`allread replay`) takes it whole.
     pub cache_entries: usize,
 }
 
