@@ -104,7 +104,7 @@ fn kill_storm(name: &str, guarantee: &str, seed: u64) -> (Workload, Vec<Record>,
     let config = s.instance_config("", s.http_port, false, &settings(guarantee, Some("only")));
     let log = |i: usize| s.dir.path().join(format!("allread-{i:02}.log"));
     let mut allread = Allread::start(&config, &log(0));
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     let done = AtomicBool::new(false);
     let mut rng = Rng::new(seed);
     let mut kills_mid_stream = 0;
@@ -176,7 +176,7 @@ fn a_deleted_state_directory_is_restored_from_the_changelog() {
     let chat = Chat::new(&s.bootstrap);
     w.produce_joins(&s, &chat);
     let first = Allread::start(&s.config(""), &s.dir.path().join("allread-0.log"));
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     w.produce_all(&s, &chat);
     let out = Reader::new(&s.bootstrap, &s.output);
     let mut got = out.read(w.expected.len(), WAIT);
@@ -307,7 +307,7 @@ fn two_then_three_instances_one_stopped_one_killed_give_exactly_the_expected_rec
         Allread::start(&config, &s.dir.path().join(format!("allread-{i}.log")))
     };
     let a = start(0);
-    w.await_members(&ports, WAIT);
+    w.await_members(&s, &ports, WAIT);
     let done = AtomicBool::new(false);
     let got = std::thread::scope(|scope| {
         scope.spawn(|| stream(&s, &w, 24, &done));
@@ -338,7 +338,7 @@ fn a_transaction_aborted_by_a_kill_leaves_no_visible_output() {
     // Long transactions: the receipts sit in an open transaction for seconds.
     let slow = "commit_interval_ms = 8000\ntransaction_timeout_ms = 60000";
     let first = Allread::start(&s.config(slow), &s.dir.path().join("allread-0.log"));
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     w.produce_all(&s, &chat);
     // The receipts are written (a read_uncommitted reader sees them) but not committed.
     let uncommitted = Reader::uncommitted(&s.bootstrap, &s.output);
@@ -370,7 +370,7 @@ fn a_fenced_producer_is_replaced_and_no_receipt_is_lost_or_doubled() {
     w.produce_joins(&s, &Chat::new(&s.bootstrap));
     let config = s.instance_config("", s.http_port, false, &settings("exactly_once", Some("fenced")));
     let allread = Allread::start(&config, &s.dir.path().join("allread.log"));
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     // A rewind whose cause surfaced on the commit thread: the transaction failed while the
     // processing thread went on polling input (see `runtime::processor`).
     let in_flight = |log: &str| {
@@ -434,7 +434,7 @@ fn output_held_for_a_transaction_that_fails_is_dropped_and_made_again_exactly_on
     );
     let allread =
         Allread::start_with_env(&config, &s.dir.path().join("allread.log"), &[("FAILPOINTS", failpoints.as_str())]);
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     stream(&s, &w, 20, &AtomicBool::new(false));
     let got = read_receipts(&s, &w.expected);
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();

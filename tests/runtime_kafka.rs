@@ -249,7 +249,7 @@ fn input_routed_while_transactions_commit_is_applied_meanwhile_and_its_output_go
         w.produce_joins(&s, &chat);
         let config = s.config(&format!("commit_interval_ms = 10\n{extra}"));
         let allread = common::Allread::start(&config, &s.dir.path().join("allread.log"));
-        w.await_members(&[s.http_port], WAIT);
+        w.await_members(&s, &[s.http_port], WAIT);
         // In 100 chunks, with an undecodable record after every 10 steps: only a few percent
         // of the input is routed while a transaction completes here, so many are needed for
         // some to be held (about 40 of the 800 were, with the shortcut, when this was written).
@@ -400,7 +400,7 @@ fn a_new_deployment_sends_no_barrier_every_record_takes_the_shortcut() {
     let chat = Chat::new(&s.bootstrap);
     w.produce_joins(&s, &chat);
     // The new room topics are assigned before anything is read in them.
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     w.produce_all(&s, &chat);
     expect_exactly(&Reader::new(&s.bootstrap, &s.output), &w, &allread);
     let (_, text) = common::http_get(s.http_port, "/metrics").unwrap();
@@ -541,7 +541,7 @@ fn sigterm_mid_stream_and_a_restart_lose_no_receipt() {
     let chat = Chat::new(&s.bootstrap);
     w.produce_joins(&s, &chat);
     let mut allread = s.start();
-    w.await_members(&[s.http_port], WAIT);
+    w.await_members(&s, &[s.http_port], WAIT);
     let quarter = w.steps.len() / 4 + 1;
     for i in 0..4 {
         w.produce_steps(&s, &chat, (i * quarter).min(w.steps.len())..((i + 1) * quarter).min(w.steps.len()));

@@ -148,6 +148,27 @@ metadata_refresh_ms = 1000
         path
     }
 
+    /// The last `lines` lines of every allread log in this setup's directory, for a failure's
+    /// message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        let mut out = String::new();
+        for p in logs {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out += &format!("--- {} (last {lines} lines)\n", p.display());
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     pub fn start(&self) -> Allread {
         let config = self.config("");
         Allread::start(&config, &self.dir.path().join(format!("allread-{}.log", unique(""))))

@@ -172,9 +172,10 @@ impl Workload {
         chat.flush();
     }
 
-    /// Waits until the allread serving `port` reports every room with its members (so that
-    /// no read can be applied before its reader's join), or panics after `timeout`.
-    pub fn await_members(&self, ports: &[u16], timeout: Duration) {
+    /// Waits until one of the allreads serving `ports` reports every room with its members (so
+    /// that no read can be applied before its reader's join), or panics after `timeout` with
+    /// what it last saw and the end of each allread log in `s`'s directory.
+    pub fn await_members(&self, s: &Setup, ports: &[u16], timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         let mut want = std::collections::BTreeMap::<&str, usize>::new();
         for (room, _) in &self.joins {
@@ -182,14 +183,17 @@ impl Workload {
         }
         for (room, n) in want {
             loop {
-                let members = ports.iter().find_map(|port| {
-                    let (status, v) = super::try_http_json(*port, &format!("/rooms/{room}"));
-                    (status == 200).then(|| v["members"].as_array().map_or(0, |m| m.len()))
-                });
+                let answers: Vec<_> =
+                    ports.iter().map(|port| super::try_http_json(*port, &format!("/rooms/{room}"))).collect();
+                let members = answers
+                    .iter()
+                    .find_map(|(status, v)| (*status == 200).then(|| v["members"].as_array().map_or(0, |m| m.len())));
                 if members == Some(n) {
                     break;
                 }
-                assert!(std::time::Instant::now() < deadline, "{room} never showed its {n} members");
+                if std::time::Instant::now() >= deadline {
+                    panic!("{room} never showed its {n} members; last answers {answers:?}\n{}", s.log_tails(80));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
