@@ -42,8 +42,8 @@ pub struct Config {
 pub struct Topics {
     /// Room topics are named `<room_prefix><room_id>`.
     pub room_prefix: String,
-    /// The regex subscription that finds room topics; it should only match names that
-    /// start with `room_prefix`.
+    /// The regex that finds room topics among the cluster's topics (see `kafka::discovery`);
+    /// it should only match names that start with `room_prefix`.
     pub room_pattern: String,
     pub read: String,
     pub output: String,
@@ -380,8 +380,11 @@ impl Config {
         if !self.topics.room_pattern.starts_with('^') {
             return invalid(
                 "topics.room_pattern",
-                "must be a regex starting with '^' (librdkafka's pattern subscription)",
+                "must be a regex starting with '^', as Kafka clients take a topic pattern",
             );
+        }
+        if let Err(e) = regex::Regex::new(&self.topics.room_pattern) {
+            return invalid("topics.room_pattern", &format!("is not a regex: {e}"));
         }
         if self.topics.room_prefix.is_empty() {
             return invalid("topics.room_prefix", "must not be empty");
@@ -593,6 +596,9 @@ mod tests {
         let mut c = Config::default();
         c.topics.room_pattern = "chatroom_.*".into();
         assert!(c.validate().unwrap_err().to_string().contains("topics.room_pattern"));
+        c.topics.room_pattern = "^chatroom_(".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("topics.room_pattern") && err.contains("not a regex"), "{err}");
     }
 }
 

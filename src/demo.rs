@@ -1,7 +1,7 @@
 //! `allread demo`: the processor on an embedded broker (librdkafka's mock cluster) or a real
 //! one, driven by a small simulated chat, printing receipts as they are emitted.
 //!
-//! The mock cluster cannot discover topics created after a pattern subscription, so the demo
+//! The mock cluster may not show topics created after a client started, so the demo
 //! creates every room topic before the processor starts (a real broker needs no such care);
 //! it also lacks the CreateTopics API, so allread's internal topics are created up front too.
 

@@ -153,7 +153,9 @@ impl Topology {
         for t in &self.topics {
             let what = match &t.owned {
                 Some(spec) => format!("created by allread; {}", settings(spec)),
-                None if t.pattern => "pattern subscription; the chat's topics".to_string(),
+                None if t.pattern => {
+                    "the chat's topics matching the pattern, listed every processing.metadata_refresh_ms".to_string()
+                }
                 None if t.role.starts_with("sink") => "created by allread if absent".to_string(),
                 None => "the chat's topic".to_string(),
             };

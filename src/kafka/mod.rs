@@ -2,6 +2,7 @@
 //! repartition record format. Nothing here knows about tasks or the engine's rules.
 
 pub mod admin;
+pub mod discovery;
 pub mod envelope;
 pub mod group;
 pub mod partitioner;

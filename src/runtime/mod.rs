@@ -1,7 +1,8 @@
 //! The stream processor: `allread run`.
 //!
-//! One consumer in the group `application_id` subscribes to the room-topic pattern, the read
-//! topic and the repartition topic. Like a Kafka Streams application it has two stages:
+//! One consumer in the group `application_id` subscribes to the room topics (those matching the
+//! room pattern, found by `kafka::discovery`), the read topic and the repartition topic. Like
+//! a Kafka Streams application it has two stages:
 //!
 //! 1. **Routing.** Input records are decoded, re-keyed by room id and written to the
 //!    repartition topic (`<application_id>-events-repartition`) at the partition Kafka's
@@ -37,6 +38,7 @@ use self::processor::Processor;
 use self::router::{InputDecoder, Polled, TopicNames};
 use crate::config::{Config, ConfigError, Guarantee};
 use crate::kafka::admin::{self, AdminError};
+use crate::kafka::discovery::{RoomTopics, RoomWatch};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::records::RecordQueue;
 use crate::kafka::{base_client_config, with_consumer_passthrough, with_producer_passthrough};
@@ -226,12 +228,24 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, hooks: Hooks) -> Result<RunRe
     // Opened before subscribing, so that every assigned partition is forwarded to it.
     let records = RecordQueue::open(&consumer, &consumer.context().forwarding);
 
+    // The room topics by name, found by listing the cluster's topics (see `kafka::discovery`).
     let repartition = cfg.repartition_topic();
-    let subscription = [cfg.topics.room_pattern.as_str(), cfg.topics.read.as_str(), repartition.as_str()];
-    consumer.subscribe(&subscription).map_err(RuntimeError::Client)?;
-    info!(?subscription, group = %cfg.application_id, "allread running");
+    let own = [cfg.topics.read.as_str(), repartition.as_str()];
+    let lister =
+        RoomTopics::new(&with_consumer_passthrough(base_client_config(&cfg), &cfg), &cfg.topics.room_pattern, &own)
+            .map_err(RuntimeError::Client)?;
+    let Some(rooms) = list_rooms_with_retry(&lister, &shutdown) else {
+        return Ok(RunReport::default());
+    };
+    consumer.subscribe(&subscription(&own, &rooms)).map_err(RuntimeError::Client)?;
+    info!(pattern = %cfg.topics.room_pattern, room_topics = rooms.len(), read = %cfg.topics.read, %repartition, group = %cfg.application_id, "allread running");
+    let watch =
+        RoomWatch::start(lister, rooms, Duration::from_millis(cfg.processing.metadata_refresh_ms)).map_err(|e| {
+            RuntimeError::Client(KafkaError::ClientCreation(format!("starting the room topics' watch: {e}")))
+        })?;
 
-    let result = process_until(&consumer, records, &processor, &cfg, &shutdown);
+    let result = process_until(&consumer, records, &processor, &cfg, &shutdown, &watch, &own);
+    drop(watch);
 
     // Leave cleanly: commit, then close the consumer (its revocation commits again, which is
     // a no-op), here on this thread.
@@ -275,8 +289,7 @@ fn input_consumer_config(cfg: &Config) -> rdkafka::ClientConfig {
         .set("group.id", &cfg.application_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("topic.metadata.refresh.interval.ms", cfg.processing.metadata_refresh_ms.to_string());
+        .set("auto.offset.reset", "earliest");
     with_consumer_passthrough(c, cfg)
 }
 
@@ -303,6 +316,8 @@ fn process_until(
     processor: &Mutex<Processor>,
     cfg: &Config,
     shutdown: &AtomicBool,
+    watch: &RoomWatch,
+    own: &[&str],
 ) -> Result<(), RuntimeError> {
     let commit_every = cfg.processing.commit_interval();
     let tick_every = Duration::from_millis(cfg.processing.tick_interval_ms);
@@ -329,7 +344,22 @@ fn process_until(
     // output held meanwhile) soon after it is.
     let mut committing = false;
     let mut cpu = ThreadCpu::start();
+    // Room topics found that the consumer is not subscribed with yet.
+    let mut rooms: Option<Vec<String>> = None;
     while !shutdown.load(Ordering::Relaxed) {
+        if let Some(found) = watch.changed() {
+            rooms = Some(found);
+        }
+        if let Some(found) = rooms.take() {
+            // A new subscription takes effect through a rebalance, served by `poll` below.
+            match consumer.subscribe(&subscription(own, &found)) {
+                Ok(()) => info!(room_topics = found.len(), "the room topics changed; subscribed again"),
+                Err(e) => {
+                    warn!(error = %e, "subscribing to the room topics found (retrying)");
+                    rooms = Some(found);
+                }
+            }
+        }
         // Poll without holding the lock: rebalance callbacks take it. What a failed round left
         // is dropped: the rewind reads it again.
         batch.clear();
@@ -483,6 +513,31 @@ fn lock_state_dir(cfg: &Config) -> Result<(std::fs::File, String), RuntimeError>
 }
 
 /// Creates or checks allread's topics, retrying with backoff while the broker is away.
+/// The consumer's topics: the room topics, then allread's own (`own`). The order matters:
+/// with the read topic first, its partitions were fetched ahead of the rooms', reads ran ahead
+/// of their messages and the benchmark's sustained rate was 13-18% lower, with 1% more
+/// changelog records (BENCHMARKS.md, 7 December, a twenty-seventh session).
+fn subscription<'a>(own: &[&'a str], rooms: &'a [String]) -> Vec<&'a str> {
+    rooms.iter().map(String::as_str).chain(own.iter().copied()).collect()
+}
+
+/// The room topics in the cluster, listed again with backoff while Kafka cannot be reached;
+/// `None` if `shutdown` was set meanwhile.
+fn list_rooms_with_retry(lister: &RoomTopics, shutdown: &AtomicBool) -> Option<Vec<String>> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match lister.list(Duration::from_secs(10)) {
+            Ok(rooms) => return Some(rooms),
+            Err(_) if shutdown.load(Ordering::Relaxed) => return None,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "listing the cluster's topics failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), RuntimeError> {
     let client = with_producer_passthrough(base_client_config(cfg), cfg);
     let specs = admin::owned_topics(cfg);
