@@ -344,19 +344,22 @@ fn process_until(
     // output held meanwhile) soon after it is.
     let mut committing = false;
     let mut cpu = ThreadCpu::start();
-    // Room topics found that the consumer is not subscribed with yet.
+    // Room topics found that the consumer is not subscribed with yet, and when to try.
     let mut rooms: Option<Vec<String>> = None;
+    let mut subscribe_at = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         if let Some(found) = watch.changed() {
             rooms = Some(found);
+            subscribe_at = Instant::now();
         }
-        if let Some(found) = rooms.take() {
+        if let Some(found) = rooms.take_if(|_| Instant::now() >= subscribe_at) {
             // A new subscription takes effect through a rebalance, served by `poll` below.
             match consumer.subscribe(&subscription(own, &found)) {
                 Ok(()) => info!(room_topics = found.len(), "the room topics changed; subscribed again"),
                 Err(e) => {
-                    warn!(error = %e, "subscribing to the room topics found (retrying)");
+                    warn!(error = %e, "subscribing to the room topics found failed; retrying in a second");
                     rooms = Some(found);
+                    subscribe_at = Instant::now() + Duration::from_secs(1);
                 }
             }
         }
@@ -512,11 +515,10 @@ fn lock_state_dir(cfg: &Config) -> Result<(std::fs::File, String), RuntimeError>
     Ok((lock, id))
 }
 
-/// Creates or checks allread's topics, retrying with backoff while the broker is away.
-/// The consumer's topics: the room topics, then allread's own (`own`). The order matters:
-/// with the read topic first, its partitions were fetched ahead of the rooms', reads ran ahead
-/// of their messages and the benchmark's sustained rate was 13-18% lower, with 1% more
-/// changelog records (BENCHMARKS.md, 7 December, a twenty-seventh session).
+/// The consumer's topics: the room topics, then allread's own (`own`). The order mattered:
+/// with the read topic first, the benchmark's sustained rate was 13-18% lower in two rounds,
+/// with 1% more changelog records, from reads that came ahead of their messages (BENCHMARKS.md,
+/// 7 December, a twenty-seventh session).
 fn subscription<'a>(own: &[&'a str], rooms: &'a [String]) -> Vec<&'a str> {
     rooms.iter().map(String::as_str).chain(own.iter().copied()).collect()
 }
@@ -538,6 +540,7 @@ fn list_rooms_with_retry(lister: &RoomTopics, shutdown: &AtomicBool) -> Option<V
     }
 }
 
+/// Creates or checks allread's topics, retrying with backoff while the broker is away.
 fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), RuntimeError> {
     let client = with_producer_passthrough(base_client_config(cfg), cfg);
     let specs = admin::owned_topics(cfg);
