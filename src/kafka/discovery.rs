@@ -7,12 +7,14 @@
 //! that was 0.13 s of CPU at every refresh: 0.026 of a core for an idle instance refreshing
 //! every 5 s, and in a profiled benchmark round librdkafka's main thread took 9% of the
 //! samples against the processing thread's 47%. While it applies the answer, its locks hold
-//! up the processing thread (BENCHMARKS.md, 7 December, a twenty-seventh session). So allread lists the topics itself, every
-//! `processing.metadata_refresh_ms`, on a client of its own that holds no topic handles (the
-//! answer costs it time linear in the cluster's topics), matches the pattern here, and
-//! subscribes the consumer to the room topics by name. librdkafka then refreshes the metadata
-//! of those topics only, at its own interval, and a new room is picked up by subscribing again
-//! with one name more (an incremental rebalance, as a new topic matching the pattern was).
+//! up the processing thread (BENCHMARKS.md, 7 December, a twenty-seventh session).
+//!
+//! So allread lists the topics itself, every `processing.metadata_refresh_ms`, on a client of
+//! its own that holds no topic handles (the answer costs it time linear in the cluster's
+//! topics), matches the pattern here, and subscribes the consumer to the room topics by name.
+//! librdkafka then refreshes the metadata of those topics only, at its own interval, and a new
+//! room is picked up by subscribing again with one name more (an incremental rebalance, as a
+//! new topic matching the pattern was).
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
