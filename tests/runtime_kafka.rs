@@ -136,6 +136,23 @@ fn the_spec_worked_example_end_to_end() {
 }
 
 #[test]
+fn a_broker_not_there_at_start_is_retried_and_sigterm_still_exits_cleanly() {
+    // README: a broker that is down at start is retried with backoff, never a crash; and a
+    // SIGTERM meanwhile still ends the process with 0.
+    let mut s = Setup::new("nobroker");
+    s.bootstrap = format!("127.0.0.1:{}", common::free_port());
+    let allread = s.start();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !allread.log_text().contains("Kafka not ready; retrying") {
+        assert!(std::time::Instant::now() < deadline, "no retry; log: {}", allread.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = allread.log.clone();
+    let status = allread.terminate(Duration::from_secs(40));
+    assert!(status.success(), "{status:?}; log: {}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+#[test]
 fn a_room_topic_created_after_start_is_picked_up() {
     let s = Setup::new("newroom");
     let allread = s.start();

@@ -526,40 +526,59 @@ fn subscription<'a>(own: &[&'a str], rooms: &'a [String]) -> Vec<&'a str> {
 /// The room topics in the cluster, listed again with backoff while Kafka cannot be reached;
 /// `None` if `shutdown` was set meanwhile.
 fn list_rooms_with_retry(lister: &RoomTopics, shutdown: &AtomicBool) -> Option<Vec<String>> {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match lister.list(Duration::from_secs(10)) {
-            Ok(rooms) => return Some(rooms),
-            Err(_) if shutdown.load(Ordering::Relaxed) => return None,
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "listing the cluster's topics failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    // Every failure is retried, so there is no error to return.
+    with_backoff(shutdown, || lister.list(Duration::from_secs(10)).map_err(Failure::Retry)).ok().flatten()
 }
 
 /// Creates or checks allread's topics, retrying with backoff while the broker is away.
 fn ensure_topics_with_retry(cfg: &Config, shutdown: &AtomicBool) -> Result<(), RuntimeError> {
     let client = with_producer_passthrough(base_client_config(cfg), cfg);
     let specs = admin::owned_topics(cfg);
+    let ensured = with_backoff(shutdown, || {
+        admin::ensure_topics(&client, &specs).map_err(|e| {
+            if e.is_retriable() {
+                Failure::Retry(e)
+            } else {
+                Failure::Fatal(e)
+            }
+        })
+    });
+    match ensured {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            error!(error = %e, "cannot set up topics");
+            Err(e.into())
+        }
+    }
+}
+
+/// How a call to Kafka failed, for [`with_backoff`].
+enum Failure<E> {
+    /// Kafka cannot be reached (yet): call again.
+    Retry(E),
+    Fatal(E),
+}
+
+/// Calls `attempt` until it succeeds or fails for good, waiting 0.5 s after the first failure
+/// and twice as long after each next one, up to 10 s. `Ok(None)` if `shutdown` was set while it
+/// failed.
+fn with_backoff<T, E: std::fmt::Display>(
+    shutdown: &AtomicBool,
+    mut attempt: impl FnMut() -> Result<T, Failure<E>>,
+) -> Result<Option<T>, E> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match admin::ensure_topics(&client, &specs) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_retriable() && shutdown.load(Ordering::Relaxed) => {
+        match attempt() {
+            Ok(v) => return Ok(Some(v)),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(e)) if shutdown.load(Ordering::Relaxed) => {
                 info!(error = %e, "stopping before Kafka was reachable");
-                return Ok(());
+                return Ok(None);
             }
-            Err(e) if e.is_retriable() => {
+            Err(Failure::Retry(e)) => {
                 warn!(error = %e, retry_in = ?backoff, "Kafka not ready; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                error!(error = %e, "cannot set up topics");
-                return Err(e.into());
             }
         }
     }
